@@ -1,0 +1,533 @@
+//! Configuration of every Herald service: defaults, then an optional TOML or YAML file, then
+//! `HERALD__SECTION__KEY` environment variables. Everything is checked at start-up and every
+//! problem is reported at once with the key it belongs to.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_BOOTSTRAP_SERVERS: &str = "127.0.0.1:19092";
+pub const DEFAULT_PRODUCE_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_DELIVERIES_TOPIC: &str = "herald.deliveries";
+pub const DEFAULT_REJECTED_TOPIC: &str = "herald.rejected";
+pub const DEFAULT_DLQ_TOPIC: &str = "herald.dlq";
+/// Generous, because it bounds how many sender pods can share the work and should not change later.
+pub const DEFAULT_DELIVERIES_PARTITIONS: i32 = 12;
+pub const DEFAULT_SIDE_TOPIC_PARTITIONS: i32 = 3;
+pub const DEFAULT_ROUTER_GROUP: &str = "herald-router";
+pub const DEFAULT_SENDER_GROUP: &str = "herald-sender";
+pub const DEFAULT_ROUTER_MAX_IN_FLIGHT_EVENTS: usize = 1_000;
+/// Below librdkafka's default `message.max.bytes` of 1,000,000, leaving room for key and headers.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 900_000;
+pub const DEFAULT_SENDER_MAX_IN_FLIGHT: usize = 256;
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024;
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_SUBSCRIPTIONS_FILE: &str = "config/subscriptions.yaml";
+
+/// The whole configuration; each service reads the sections it needs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeraldConfig {
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub router: RouterConfig,
+    pub sender: SenderConfig,
+    pub subscriptions: SubscriptionsConfig,
+    pub log: LogConfig,
+}
+
+/// How to reach Kafka.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// How long a produce may keep retrying before it fails for good, in milliseconds.
+    pub produce_timeout_ms: u64,
+    /// librdkafka settings passed through unchanged, such as `security.protocol`. In environment
+    /// variables write underscores for the dots: `HERALD__KAFKA__CLIENT__SECURITY_PROTOCOL`.
+    pub client: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: DEFAULT_BOOTSTRAP_SERVERS.to_owned(),
+            produce_timeout_ms: DEFAULT_PRODUCE_TIMEOUT_MS,
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+/// Herald's topics, and the domain topics that `herald topics apply` creates for convenience.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    pub deliveries: String,
+    /// Fixed once deliveries flow: changing it moves subscriptions between sender pods.
+    pub deliveries_partitions: i32,
+    pub rejected: String,
+    pub rejected_partitions: i32,
+    pub dlq: String,
+    pub dlq_partitions: i32,
+    /// Replication factor of topics Herald creates; -1 takes the broker's default.
+    pub replication_factor: i32,
+    /// Domain topics to create with Herald's, for local runs and demos.
+    pub domain: Vec<DomainTopic>,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            deliveries: DEFAULT_DELIVERIES_TOPIC.to_owned(),
+            deliveries_partitions: DEFAULT_DELIVERIES_PARTITIONS,
+            rejected: DEFAULT_REJECTED_TOPIC.to_owned(),
+            rejected_partitions: DEFAULT_SIDE_TOPIC_PARTITIONS,
+            dlq: DEFAULT_DLQ_TOPIC.to_owned(),
+            dlq_partitions: DEFAULT_SIDE_TOPIC_PARTITIONS,
+            replication_factor: -1,
+            domain: Vec::new(),
+        }
+    }
+}
+
+/// A domain topic for `herald topics apply`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainTopic {
+    pub name: String,
+    pub partitions: i32,
+    /// Topic settings such as `max.message.bytes`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+/// The router: domain topics in, deliveries out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    pub group_id: String,
+    /// Domain topics to consume.
+    pub source_topics: Vec<String>,
+    /// Events whose deliveries may be waiting for Kafka's acknowledgement at once.
+    pub max_in_flight_events: usize,
+    /// Larger events are rejected; keep it below the producer's `message.max.bytes`.
+    pub max_event_bytes: usize,
+    /// Time allowed on shutdown for events in flight, in milliseconds.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            group_id: DEFAULT_ROUTER_GROUP.to_owned(),
+            source_topics: Vec::new(),
+            max_in_flight_events: DEFAULT_ROUTER_MAX_IN_FLIGHT_EVENTS,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
+        }
+    }
+}
+
+/// The sender: deliveries in, HTTP requests out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SenderConfig {
+    pub group_id: String,
+    /// Attempts in flight at once across all partitions.
+    pub max_in_flight: usize,
+    /// Time allowed to open a TCP connection, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Allow `http://` endpoints. Only for local testing: requests and signatures travel in clear.
+    pub allow_plain_http: bool,
+    /// Response bytes read before the rest is discarded.
+    pub max_response_bytes: usize,
+    /// Time allowed on shutdown for attempts in flight, in milliseconds.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        Self {
+            group_id: DEFAULT_SENDER_GROUP.to_owned(),
+            max_in_flight: DEFAULT_SENDER_MAX_IN_FLIGHT,
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            allow_plain_http: false,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
+        }
+    }
+}
+
+/// Where subscriptions come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubscriptionsConfig {
+    /// YAML file listing subscriptions; relative paths start at the working directory.
+    pub file: PathBuf,
+}
+
+impl Default for SubscriptionsConfig {
+    fn default() -> Self {
+        Self {
+            file: PathBuf::from(DEFAULT_SUBSCRIPTIONS_FILE),
+        }
+    }
+}
+
+/// Log output. `RUST_LOG`, when set, overrides `level`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `herald_sender=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// One problem with the configuration, under the key it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+/// Every problem found; shown one per line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Problems(Vec<Problem>);
+
+impl Problems {
+    pub fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Problem> {
+        self.0.iter()
+    }
+}
+
+impl fmt::Display for Problems {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (position, problem) in self.0.iter().enumerate() {
+            if position > 0 {
+                writeln!(formatter)?;
+            }
+            write!(formatter, "  {}: {}", problem.key, problem.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Errors loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load configuration")]
+    Load(#[source] config::ConfigError),
+    #[error("invalid configuration:\n{0}")]
+    Invalid(Problems),
+}
+
+impl HeraldConfig {
+    /// Loads defaults, then `file` if given, then the process environment, and checks the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_environment(file, std::env::vars().collect())
+    }
+
+    /// Like [`HeraldConfig::load`], with the environment given as a map so tests need no real one.
+    pub fn load_with_environment(
+        file: Option<&Path>,
+        environment: HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let (client_settings, environment) = split_client_settings(environment);
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("HERALD")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("router.source_topics")
+                .source(Some(environment)),
+        );
+        let mut loaded: Self = builder
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(ConfigError::Load)?;
+        loaded.kafka.client.extend(client_settings);
+        let problems = loaded.problems();
+        if problems.is_empty() {
+            Ok(loaded)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Lists every problem with the values as loaded.
+    pub fn problems(&self) -> Problems {
+        let mut problems = Problems::default();
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            problems.add("kafka.bootstrap_servers", "must not be empty");
+        }
+        require_positive(
+            &mut problems,
+            "kafka.produce_timeout_ms",
+            self.kafka.produce_timeout_ms,
+        );
+
+        let topics = &self.topics;
+        for (key, name) in [
+            ("topics.deliveries", &topics.deliveries),
+            ("topics.rejected", &topics.rejected),
+            ("topics.dlq", &topics.dlq),
+        ] {
+            check_topic_name(&mut problems, key, name);
+        }
+        for (key, count) in [
+            ("topics.deliveries_partitions", topics.deliveries_partitions),
+            ("topics.rejected_partitions", topics.rejected_partitions),
+            ("topics.dlq_partitions", topics.dlq_partitions),
+        ] {
+            if count < 1 {
+                problems.add(key, "must be at least 1");
+            }
+        }
+        if topics.replication_factor == 0 || topics.replication_factor < -1 {
+            problems.add(
+                "topics.replication_factor",
+                "must be -1 (broker default) or at least 1",
+            );
+        }
+        for (position, topic) in topics.domain.iter().enumerate() {
+            check_topic_name(
+                &mut problems,
+                &format!("topics.domain[{position}].name"),
+                &topic.name,
+            );
+            if topic.partitions < 1 {
+                problems.add(
+                    format!("topics.domain[{position}].partitions"),
+                    "must be at least 1",
+                );
+            }
+        }
+
+        if self.router.group_id.is_empty() {
+            problems.add("router.group_id", "must not be empty");
+        }
+        for (position, topic) in self.router.source_topics.iter().enumerate() {
+            check_topic_name(
+                &mut problems,
+                &format!("router.source_topics[{position}]"),
+                topic,
+            );
+        }
+        require_positive(
+            &mut problems,
+            "router.max_in_flight_events",
+            self.router.max_in_flight_events as u64,
+        );
+        require_positive(
+            &mut problems,
+            "router.max_event_bytes",
+            self.router.max_event_bytes as u64,
+        );
+
+        if self.sender.group_id.is_empty() {
+            problems.add("sender.group_id", "must not be empty");
+        }
+        require_positive(
+            &mut problems,
+            "sender.max_in_flight",
+            self.sender.max_in_flight as u64,
+        );
+        require_positive(
+            &mut problems,
+            "sender.connect_timeout_ms",
+            self.sender.connect_timeout_ms,
+        );
+
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            problems.add(
+                "log.level",
+                format!("{:?} is not a valid tracing filter", self.log.level),
+            );
+        }
+        problems
+    }
+}
+
+/// Takes the `HERALD__KAFKA__CLIENT__*` variables out of the environment. Their keys are
+/// librdkafka settings whose dots cannot appear in variable names, so
+/// `HERALD__KAFKA__CLIENT__SECURITY_PROTOCOL` stands for `security.protocol`.
+fn split_client_settings(
+    environment: HashMap<String, String>,
+) -> (BTreeMap<String, String>, HashMap<String, String>) {
+    const CLIENT_PREFIX: &str = "HERALD__KAFKA__CLIENT__";
+    let mut client = BTreeMap::new();
+    let mut rest = HashMap::new();
+    for (name, value) in environment {
+        match name.strip_prefix(CLIENT_PREFIX) {
+            Some(key) => {
+                client.insert(key.to_lowercase().replace('_', "."), value);
+            }
+            None => {
+                rest.insert(name, value);
+            }
+        }
+    }
+    (client, rest)
+}
+
+fn require_positive(problems: &mut Problems, key: &str, value: u64) {
+    if value == 0 {
+        problems.add(key, "must be greater than 0");
+    }
+}
+
+/// Kafka topic names: 1 to 249 characters of ASCII letters, digits, '.', '_' and '-'.
+fn check_topic_name(problems: &mut Problems, key: &str, name: &str) {
+    let valid = !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !valid {
+        problems.add(key, format!("{name:?} is not a valid Kafka topic name"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn environment(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config =
+            HeraldConfig::load_with_environment(None, HashMap::new()).expect("defaults load");
+        assert_eq!(config.kafka.bootstrap_servers, DEFAULT_BOOTSTRAP_SERVERS);
+        assert_eq!(config.topics.deliveries, DEFAULT_DELIVERIES_TOPIC);
+        assert!(!config.sender.allow_plain_http);
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys_and_lists() {
+        let config = HeraldConfig::load_with_environment(
+            None,
+            environment(&[
+                ("HERALD__KAFKA__BOOTSTRAP_SERVERS", "broker:9092"),
+                (
+                    "HERALD__ROUTER__SOURCE_TOPICS",
+                    "banking.events,cards.events",
+                ),
+                ("HERALD__SENDER__MAX_IN_FLIGHT", "7"),
+                ("HERALD__KAFKA__CLIENT__SECURITY_PROTOCOL", "ssl"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .expect("valid environment");
+        assert_eq!(config.kafka.bootstrap_servers, "broker:9092");
+        assert_eq!(
+            config.router.source_topics,
+            ["banking.events", "cards.events"]
+        );
+        assert_eq!(config.sender.max_in_flight, 7);
+        assert_eq!(
+            config
+                .kafka
+                .client
+                .get("security.protocol")
+                .map(String::as_str),
+            Some("ssl")
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let error = HeraldConfig::load_with_environment(
+            None,
+            environment(&[("HERALD__SENDER__MAX_INFLIGHT", "7")]),
+        )
+        .expect_err("unknown key");
+        assert!(
+            format!("{:#}", anyhow_chain(&error)).contains("max_inflight"),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn every_invalid_value_is_reported_with_its_key() {
+        let error = HeraldConfig::load_with_environment(
+            None,
+            environment(&[
+                ("HERALD__SENDER__MAX_IN_FLIGHT", "0"),
+                ("HERALD__TOPICS__DELIVERIES", "bad topic"),
+                ("HERALD__TOPICS__DELIVERIES_PARTITIONS", "0"),
+            ]),
+        )
+        .expect_err("invalid values");
+        let ConfigError::Invalid(problems) = error else {
+            panic!("expected invalid values, got {error:?}");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "topics.deliveries",
+                "topics.deliveries_partitions",
+                "sender.max_in_flight"
+            ]
+        );
+    }
+
+    fn anyhow_chain(error: &ConfigError) -> String {
+        let mut text = error.to_string();
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+}

@@ -1,0 +1,123 @@
+//! Kafka clients configured the way Herald's delivery guarantee needs them: offsets stored by the
+//! application only after an outcome is safe in Kafka (auto-commit then commits what was stored),
+//! idempotent producers with `acks=all`, bounded consumer queues, cooperative rebalancing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::producer::FutureProducer;
+use rdkafka::{ClientContext, TopicPartitionList};
+
+use crate::config::KafkaConfig;
+use crate::offsets::TopicPartition;
+
+/// How much fetched data a consumer may queue, in kilobytes: bounds memory whatever the backlog.
+const CONSUMER_QUEUE_KILOBYTES: &str = "16384";
+/// How long a producer waits to fill a batch, in milliseconds.
+const PRODUCER_LINGER_MS: &str = "5";
+
+fn base(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    config
+}
+
+/// Applies `kafka.client` last, so an operator can override any setting Herald chose.
+fn with_overrides(mut config: ClientConfig, kafka: &KafkaConfig) -> ClientConfig {
+    for (key, value) in &kafka.client {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Settings of a consumer in `group_id` that stores offsets itself.
+pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
+    let mut config = base(kafka);
+    config
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("queued.max.messages.kbytes", CONSUMER_QUEUE_KILOBYTES);
+    with_overrides(config, kafka)
+}
+
+/// Settings of an idempotent producer whose produce fails for good after `produce_timeout_ms`.
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = base(kafka);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", PRODUCER_LINGER_MS)
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", kafka.produce_timeout_ms.to_string());
+    with_overrides(config, kafka)
+}
+
+/// Settings of an admin client.
+pub fn admin_config(kafka: &KafkaConfig) -> ClientConfig {
+    with_overrides(base(kafka), kafka)
+}
+
+/// Creates the producer every service uses.
+pub fn producer(kafka: &KafkaConfig) -> rdkafka::error::KafkaResult<FutureProducer> {
+    producer_config(kafka).create()
+}
+
+/// A consumer context that counts assignment generations per partition, so that work started
+/// under an earlier assignment is recognised after a rebalance. See [`crate::offsets`].
+#[derive(Clone, Default)]
+pub struct GenerationContext {
+    generations: Arc<Mutex<HashMap<TopicPartition, u64>>>,
+}
+
+impl GenerationContext {
+    /// Returns the current generation of a partition.
+    pub fn generation(&self, topic: &str, partition: i32) -> u64 {
+        let generations = self
+            .generations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        generations
+            .get(&(topic.to_owned(), partition))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn advance(&self, partitions: &TopicPartitionList) {
+        let mut generations = self
+            .generations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for element in partitions.elements() {
+            *generations
+                .entry((element.topic().to_owned(), element.partition()))
+                .or_default() += 1;
+        }
+    }
+}
+
+impl ClientContext for GenerationContext {}
+
+impl ConsumerContext for GenerationContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            tracing::info!(partitions = partitions.count(), "partitions revoked");
+            self.advance(partitions);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                tracing::info!(partitions = partitions.count(), "partitions assigned");
+                self.advance(partitions);
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Herald's shared parts: the event envelope, subscriptions and their index, Standard Webhooks
+//! signing, configuration, record headers, in-order offset tracking and Kafka plumbing. The
+//! router and the sender are built from these.
+
+pub mod config;
+pub mod envelope;
+pub mod headers;
+pub mod kafka;
+pub mod logging;
+pub mod offsets;
+pub mod signing;
+pub mod subscription;
+pub mod time;
+pub mod topics;

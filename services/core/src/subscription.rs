@@ -1,0 +1,467 @@
+//! Subscriptions and the index that matches an event type to them. Matching costs one map look-up
+//! per dot in the event type plus the matches themselves, whatever the number of subscriptions.
+//!
+//! Subscriptions are loaded from a YAML file. They are checked as a whole at start-up, and every
+//! problem is reported with its place in the file.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::config::Problems;
+use crate::signing::Secret;
+
+/// The request timeout when a subscription sets none, in milliseconds.
+pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// The longest request timeout a subscription may set, in milliseconds.
+pub const MAX_TIMEOUT_MS: u64 = 60_000;
+const MAX_SUBSCRIPTION_ID_BYTES: usize = 128;
+
+/// A subscription as written in the YAML file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionSpec {
+    /// Stable id: the Kafka key of its deliveries and part of every delivery id.
+    pub id: String,
+    /// Free text for operators.
+    #[serde(default)]
+    pub description: String,
+    /// The endpoint that receives the POST requests.
+    pub url: String,
+    /// Exact event types, `prefix.*` wildcards, or `*` for every event.
+    pub event_types: Vec<String>,
+    /// Signing secrets as `whsec_<base64>`; every one signs each request.
+    pub secrets: Vec<String>,
+    /// A disabled subscription gets no new deliveries.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// Total time allowed for one attempt, in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// A checked subscription, ready for the router and the sender.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub id: String,
+    pub description: String,
+    pub url: http::Uri,
+    pub event_types: Vec<EventTypePattern>,
+    pub secrets: Vec<Secret>,
+    pub enabled: bool,
+    pub timeout_ms: u64,
+}
+
+/// One entry of a subscription's event types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventTypePattern {
+    /// `*`: every event.
+    All,
+    /// `payment.*`: every type that starts with `payment.`; stored with the trailing dot.
+    Prefix(String),
+    /// `payment.settled`: that type only.
+    Exact(String),
+}
+
+impl EventTypePattern {
+    /// Parses one pattern; `*` is allowed only as the whole last segment.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text == "*" {
+            return Ok(Self::All);
+        }
+        let (body, wildcard) = match text.strip_suffix(".*") {
+            Some(prefix) => (prefix, true),
+            None => (text, false),
+        };
+        let valid_segments = body.split('.').all(|segment| {
+            !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_graphic() && b != b'*')
+        });
+        if !valid_segments {
+            return Err(format!(
+                "invalid event type pattern {text:?}: use an exact type, \"prefix.*\" or \"*\""
+            ));
+        }
+        Ok(if wildcard {
+            Self::Prefix(format!("{body}."))
+        } else {
+            Self::Exact(body.to_owned())
+        })
+    }
+}
+
+/// Checks a spec, reporting each problem under `key` (such as `subscriptions[2]`).
+pub fn check_spec(
+    spec: &SubscriptionSpec,
+    key: &str,
+    allow_plain_http: bool,
+    problems: &mut Problems,
+) -> Option<Subscription> {
+    let before = problems.len();
+
+    if spec.id.is_empty()
+        || spec.id.len() > MAX_SUBSCRIPTION_ID_BYTES
+        || !spec
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        problems.add(
+            format!("{key}.id"),
+            format!("must be 1 to {MAX_SUBSCRIPTION_ID_BYTES} characters of A-Z, a-z, 0-9, '-', '_' or '.'"),
+        );
+    }
+
+    let url = check_url(&spec.url, allow_plain_http)
+        .map_err(|message| problems.add(format!("{key}.url"), message))
+        .ok();
+
+    if spec.event_types.is_empty() {
+        problems.add(
+            format!("{key}.event_types"),
+            "must name at least one event type",
+        );
+    }
+    let mut event_types = Vec::new();
+    for (position, text) in spec.event_types.iter().enumerate() {
+        match EventTypePattern::parse(text) {
+            Ok(pattern) => event_types.push(pattern),
+            Err(message) => problems.add(format!("{key}.event_types[{position}]"), message),
+        }
+    }
+
+    if spec.secrets.is_empty() {
+        problems.add(
+            format!("{key}.secrets"),
+            "must hold at least one whsec_ secret",
+        );
+    }
+    let mut secrets = Vec::new();
+    for (position, text) in spec.secrets.iter().enumerate() {
+        match Secret::parse(text) {
+            Ok(secret) => secrets.push(secret),
+            Err(error) => problems.add(format!("{key}.secrets[{position}]"), error.to_string()),
+        }
+    }
+
+    let timeout_ms = spec.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+    if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+        problems.add(
+            format!("{key}.timeout_ms"),
+            format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+        );
+    }
+
+    if problems.len() > before {
+        return None;
+    }
+    Some(Subscription {
+        id: spec.id.clone(),
+        description: spec.description.clone(),
+        url: url?,
+        event_types,
+        secrets,
+        enabled: spec.enabled,
+        timeout_ms,
+    })
+}
+
+/// Checks an endpoint URL: absolute, HTTPS unless plain HTTP is allowed, no credentials.
+pub fn check_url(text: &str, allow_plain_http: bool) -> Result<http::Uri, String> {
+    let url: http::Uri = text
+        .parse()
+        .map_err(|_| "is not a valid absolute URL".to_owned())?;
+    match url.scheme_str() {
+        Some("https") => {}
+        Some("http") if allow_plain_http => {}
+        Some("http") => {
+            return Err("uses plain http; use https, or set sender.allow_plain_http = true for local testing".to_owned());
+        }
+        _ => return Err("must be an https:// URL".to_owned()),
+    }
+    let Some(authority) = url.authority() else {
+        return Err("has no host".to_owned());
+    };
+    if authority.as_str().contains('@') {
+        return Err("must not contain credentials; put them in the secret, not the URL".to_owned());
+    }
+    if authority.host().is_empty() {
+        return Err("has no host".to_owned());
+    }
+    Ok(url)
+}
+
+/// The file that lists subscriptions.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscriptionFile {
+    subscriptions: Vec<SubscriptionSpec>,
+}
+
+/// Errors loading the subscriptions file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read subscriptions file {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: config::ConfigError,
+    },
+    #[error("invalid subscriptions in {path}:\n{problems}")]
+    Invalid { path: String, problems: Problems },
+}
+
+/// All subscriptions, by id, with the index of the enabled ones.
+#[derive(Debug, Default)]
+pub struct SubscriptionTable {
+    subscriptions: Vec<Arc<Subscription>>,
+    by_id: HashMap<String, usize>,
+    index: SubscriptionIndex,
+}
+
+impl SubscriptionTable {
+    /// Loads and checks the YAML file at `path`.
+    pub fn load(path: &Path, allow_plain_http: bool) -> Result<Self, LoadError> {
+        let path_text = path.display().to_string();
+        let file: SubscriptionFile = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Yaml))
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|source| LoadError::Read {
+                path: path_text.clone(),
+                source,
+            })?;
+        Self::from_specs(&file.subscriptions, allow_plain_http).map_err(|problems| {
+            LoadError::Invalid {
+                path: path_text,
+                problems,
+            }
+        })
+    }
+
+    /// Checks specs and builds the table; ids must be unique.
+    pub fn from_specs(
+        specs: &[SubscriptionSpec],
+        allow_plain_http: bool,
+    ) -> Result<Self, Problems> {
+        let mut problems = Problems::default();
+        let mut table = Self::default();
+        for (position, spec) in specs.iter().enumerate() {
+            let key = format!("subscriptions[{position}]");
+            let Some(subscription) = check_spec(spec, &key, allow_plain_http, &mut problems) else {
+                continue;
+            };
+            if table.by_id.contains_key(&subscription.id) {
+                problems.add(
+                    format!("{key}.id"),
+                    format!("duplicate id {:?}", subscription.id),
+                );
+                continue;
+            }
+            table.insert(subscription);
+        }
+        if problems.is_empty() {
+            Ok(table)
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn insert(&mut self, subscription: Subscription) {
+        let position = self.subscriptions.len();
+        self.by_id.insert(subscription.id.clone(), position);
+        if subscription.enabled {
+            self.index.add(position, &subscription.event_types);
+        }
+        self.subscriptions.push(Arc::new(subscription));
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Subscription>> {
+        self.by_id
+            .get(id)
+            .map(|&position| &self.subscriptions[position])
+    }
+
+    /// Returns the enabled subscriptions that want `event_type`, each once.
+    pub fn matching(&self, event_type: &str) -> Vec<&Arc<Subscription>> {
+        self.index
+            .matching(event_type)
+            .into_iter()
+            .map(|position| &self.subscriptions[position])
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.subscriptions.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Subscription>> {
+        self.subscriptions.iter()
+    }
+}
+
+/// Positions of subscriptions by exact type, by wildcard prefix, and those that want everything.
+#[derive(Debug, Default)]
+struct SubscriptionIndex {
+    exact: HashMap<String, Vec<usize>>,
+    prefixes: HashMap<String, Vec<usize>>,
+    all: Vec<usize>,
+}
+
+impl SubscriptionIndex {
+    fn add(&mut self, position: usize, patterns: &[EventTypePattern]) {
+        for pattern in patterns {
+            match pattern {
+                EventTypePattern::All => self.all.push(position),
+                EventTypePattern::Prefix(prefix) => self
+                    .prefixes
+                    .entry(prefix.clone())
+                    .or_default()
+                    .push(position),
+                EventTypePattern::Exact(name) => {
+                    self.exact.entry(name.clone()).or_default().push(position)
+                }
+            }
+        }
+    }
+
+    fn matching(&self, event_type: &str) -> Vec<usize> {
+        let mut found: Vec<usize> = self.all.clone();
+        if let Some(positions) = self.exact.get(event_type) {
+            found.extend(positions);
+        }
+        // Every prefix of the type that ends at a dot: "a.b.c" looks up "a." and "a.b.".
+        for (dot, _) in event_type.match_indices('.') {
+            if let Some(positions) = self.prefixes.get(&event_type[..=dot]) {
+                found.extend(positions);
+            }
+        }
+        // A subscription whose patterns overlap ("payment.*" and "payment.settled") gets one delivery.
+        found.sort_unstable();
+        found.dedup();
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn spec(id: &str, types: &[&str]) -> SubscriptionSpec {
+        SubscriptionSpec {
+            id: id.into(),
+            description: String::new(),
+            url: format!("https://example.com/{id}"),
+            event_types: types.iter().map(|t| (*t).to_owned()).collect(),
+            secrets: vec![SECRET.into()],
+            enabled: true,
+            timeout_ms: None,
+        }
+    }
+
+    fn matched_ids(table: &SubscriptionTable, event_type: &str) -> Vec<String> {
+        table
+            .matching(event_type)
+            .iter()
+            .map(|s| s.id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn matches_exact_prefix_and_all() {
+        let table = SubscriptionTable::from_specs(
+            &[
+                spec("ledger", &["payment.*"]),
+                spec("settled", &["payment.settled"]),
+                spec("audit", &["*"]),
+                spec("kyc", &["kyc.*", "aml.*"]),
+            ],
+            false,
+        )
+        .expect("valid subscriptions");
+        assert_eq!(
+            matched_ids(&table, "payment.settled"),
+            ["ledger", "settled", "audit"]
+        );
+        assert_eq!(
+            matched_ids(&table, "payment.initiated"),
+            ["ledger", "audit"]
+        );
+        assert_eq!(matched_ids(&table, "aml.alert.raised"), ["audit", "kyc"]);
+        assert_eq!(matched_ids(&table, "payment"), ["audit"]);
+        assert_eq!(matched_ids(&table, "paymentx.settled"), ["audit"]);
+    }
+
+    #[test]
+    fn overlapping_patterns_match_once() {
+        let table = SubscriptionTable::from_specs(
+            &[spec("ledger", &["payment.*", "payment.settled", "*"])],
+            false,
+        )
+        .expect("valid subscriptions");
+        assert_eq!(matched_ids(&table, "payment.settled"), ["ledger"]);
+    }
+
+    #[test]
+    fn disabled_subscription_matches_nothing() {
+        let mut disabled = spec("ledger", &["payment.*"]);
+        disabled.enabled = false;
+        let table = SubscriptionTable::from_specs(&[disabled], false).expect("valid subscriptions");
+        assert!(matched_ids(&table, "payment.settled").is_empty());
+        assert!(table.get("ledger").is_some());
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_key() {
+        let mut bad = spec("bad id!", &["pay*ment", "ok.*"]);
+        bad.url = "http://example.com/hook".into();
+        bad.secrets = vec!["whsec_c2hvcnQ=".into()];
+        let problems = SubscriptionTable::from_specs(&[spec("fine", &["a"]), bad], false)
+            .expect_err("invalid");
+        let keys: Vec<&str> = problems
+            .iter()
+            .map(|problem| problem.key.as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "subscriptions[1].id",
+                "subscriptions[1].url",
+                "subscriptions[1].event_types[0]",
+                "subscriptions[1].secrets[0]"
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_duplicate_ids() {
+        let problems =
+            SubscriptionTable::from_specs(&[spec("a", &["x"]), spec("a", &["y"])], false)
+                .expect_err("duplicate");
+        assert_eq!(
+            problems.iter().next().map(|p| p.key.as_str()),
+            Some("subscriptions[1].id")
+        );
+    }
+
+    #[test]
+    fn url_rules() {
+        assert!(check_url("https://hooks.example.com/in", false).is_ok());
+        assert!(check_url("http://127.0.0.1:8080/in", true).is_ok());
+        assert!(check_url("http://hooks.example.com/in", false).is_err());
+        assert!(check_url("ftp://hooks.example.com/in", true).is_err());
+        assert!(check_url("https://user:pass@hooks.example.com/in", false).is_err());
+        assert!(check_url("/relative", false).is_err());
+    }
+}
