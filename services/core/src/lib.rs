@@ -9,6 +9,7 @@ pub mod kafka;
 pub mod logging;
 pub mod offsets;
 pub mod signing;
+pub mod stage;
 pub mod subscription;
 pub mod time;
 pub mod topics;

@@ -1,1 +1,142 @@
-fn main() {}
+//! The `herald` command: runs one Herald service (router or sender) or applies topics.
+//! Only wiring lives here; each service's behaviour is in its own crate.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use herald_core::config::HeraldConfig;
+use herald_core::subscription::SubscriptionTable;
+use herald_core::topics::{self, TopicOutcome};
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Kafka-native webhook delivery")]
+struct Cli {
+    /// Configuration file (TOML or YAML). Every key can also be set as HERALD__SECTION__KEY.
+    #[arg(long, short, global = true, env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Route events from domain topics to deliveries, one per matching subscription.
+    Router,
+    /// Send deliveries to subscription endpoints as signed webhooks.
+    Sender,
+    /// Manage Herald's Kafka topics.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create missing topics and report existing ones whose settings differ (exit code 1).
+    Apply,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("herald: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "herald stopped");
+            eprintln!("herald: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = HeraldConfig::load(cli.config.as_deref())?;
+    herald_core::logging::init(&config.log);
+    // Two rustls crypto providers can end up in the dependency graph; pick one explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    match cli.command {
+        Command::Router => {
+            let subscriptions = load_subscriptions(&config)?;
+            herald_router::run(&config, subscriptions, shutdown_signal()).await?;
+        }
+        Command::Sender => {
+            let subscriptions = load_subscriptions(&config)?;
+            herald_sender::run(&config, subscriptions, shutdown_signal()).await?;
+        }
+        Command::Topics {
+            command: TopicsCommand::Apply,
+        } => return apply_topics(&config).await,
+    }
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_subscriptions(config: &HeraldConfig) -> anyhow::Result<Arc<SubscriptionTable>> {
+    let path: &Path = &config.subscriptions.file;
+    let table =
+        SubscriptionTable::load(path, config.sender.allow_plain_http).with_context(|| {
+            format!(
+                "loading subscriptions (subscriptions.file = {})",
+                path.display()
+            )
+        })?;
+    tracing::info!(file = %path.display(), subscriptions = table.len(), "subscriptions loaded");
+    Ok(Arc::new(table))
+}
+
+async fn apply_topics(config: &HeraldConfig) -> anyhow::Result<ExitCode> {
+    let outcomes = topics::apply(&config.kafka, &topics::plan(config)).await?;
+    let mut differs = false;
+    for (topic, outcome) in outcomes {
+        match outcome {
+            TopicOutcome::Created => println!("created   {topic}"),
+            TopicOutcome::Unchanged => println!("unchanged {topic}"),
+            TopicOutcome::Differs(differences) => {
+                differs = true;
+                for difference in differences {
+                    println!("differs   {topic}: {difference}");
+                }
+            }
+        }
+    }
+    Ok(if differs {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGTERM (as Kubernetes sends) or Ctrl-C.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; stop with Ctrl-C");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested");
+}

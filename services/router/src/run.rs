@@ -1,0 +1,193 @@
+//! The router's consume loop: routes each record and produces the result, then lets the stage
+//! store the input offset once every produced record is acknowledged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+
+use herald_core::config::HeraldConfig;
+use herald_core::kafka::{self, GenerationContext};
+use herald_core::stage::{StageError, StageSettings, run_stage};
+use herald_core::subscription::SubscriptionTable;
+
+use crate::route::{RoutedRecord, route};
+
+/// How long to wait before offering a record again to a full producer queue.
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("no source topics configured (router.source_topics)")]
+    NoSourceTopics,
+    #[error("cannot create the Kafka consumer")]
+    Consumer(#[source] KafkaError),
+    #[error("cannot create the Kafka producer")]
+    Producer(#[source] KafkaError),
+    #[error("cannot subscribe to the source topics")]
+    Subscribe(#[source] KafkaError),
+    #[error("produce to {topic} failed")]
+    Produce {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("producer dropped a record without an outcome")]
+    ProduceCanceled,
+    #[error("router stopped")]
+    Stage(#[source] Box<StageError<RouterError>>),
+}
+
+/// Runs the router until `shutdown` resolves. An error means an outcome could not be made safe
+/// in Kafka; the offsets of the affected records were not stored.
+pub async fn run(
+    config: &HeraldConfig,
+    subscriptions: Arc<SubscriptionTable>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RouterError> {
+    let topics: Vec<&str> = config
+        .router
+        .source_topics
+        .iter()
+        .map(String::as_str)
+        .collect();
+    if topics.is_empty() {
+        return Err(RouterError::NoSourceTopics);
+    }
+    let consumer: StreamConsumer<GenerationContext> =
+        kafka::consumer_config(&config.kafka, &config.router.group_id)
+            .create_with_context(GenerationContext::default())
+            .map_err(RouterError::Consumer)?;
+    consumer
+        .subscribe(&topics)
+        .map_err(RouterError::Subscribe)?;
+    let producer = kafka::producer(&config.kafka).map_err(RouterError::Producer)?;
+
+    tracing::info!(source_topics = ?topics, subscriptions = subscriptions.len(), "router started");
+    let settings = StageSettings {
+        name: "router",
+        max_in_flight: config.router.max_in_flight_events,
+        shutdown_timeout: Duration::from_millis(config.router.shutdown_timeout_ms),
+    };
+    let deliveries_topic = config.topics.deliveries.clone();
+    let rejected_topic = config.topics.rejected.clone();
+    let max_event_bytes = config.router.max_event_bytes;
+    let produce_timeout = Duration::from_millis(config.kafka.produce_timeout_ms);
+
+    let result = run_stage(&consumer, &settings, shutdown, |message| {
+        let acknowledgements = enqueue_routed(
+            &producer,
+            message,
+            route(message, &subscriptions, max_event_bytes),
+            (&deliveries_topic, &rejected_topic),
+            produce_timeout,
+        );
+        await_acknowledgements(acknowledgements)
+    })
+    .await;
+    result.map_err(|error| RouterError::Stage(Box::new(error)))
+}
+
+type Pending = (String, DeliveryFuture);
+
+/// Hands every routed record to the producer in order, so that records for one subscription
+/// keep the order of their events.
+fn enqueue_routed(
+    producer: &FutureProducer,
+    message: &BorrowedMessage<'_>,
+    routed: Vec<RoutedRecord>,
+    (deliveries_topic, rejected_topic): (&str, &str),
+    produce_timeout: Duration,
+) -> Result<Vec<Pending>, RouterError> {
+    let mut pending = Vec::with_capacity(routed.len());
+    for record in routed {
+        let (topic, future) = match record {
+            RoutedRecord::Delivery { key, headers } => {
+                let record = FutureRecord::to(deliveries_topic)
+                    .key(&key)
+                    .headers(headers);
+                let record = match message.payload() {
+                    Some(payload) => record.payload(payload),
+                    None => record,
+                };
+                (
+                    deliveries_topic,
+                    enqueue(producer, record, produce_timeout)?,
+                )
+            }
+            RoutedRecord::Rejected {
+                reason,
+                keep_value,
+                headers,
+            } => {
+                tracing::warn!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    reason = %reason,
+                    kind = reason.kind(),
+                    "event rejected"
+                );
+                let mut record: FutureRecord<'_, [u8], [u8]> =
+                    FutureRecord::to(rejected_topic).headers(headers);
+                if let Some(key) = message.key() {
+                    record = record.key(key);
+                }
+                if keep_value && let Some(payload) = message.payload() {
+                    record = record.payload(payload);
+                }
+                (rejected_topic, enqueue(producer, record, produce_timeout)?)
+            }
+        };
+        pending.push((topic.to_owned(), future));
+    }
+    Ok(pending)
+}
+
+/// Offers a record to the producer queue. A full queue drains on librdkafka's own threads, so a
+/// short blocking wait is enough; the wait is bounded by the produce timeout.
+fn enqueue<K, P>(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'_, K, P>,
+    timeout: Duration,
+) -> Result<DeliveryFuture, RouterError>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match producer.send_result(record) {
+            Ok(future) => return Ok(future),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
+                if std::time::Instant::now() < deadline =>
+            {
+                record = returned;
+                std::thread::sleep(QUEUE_FULL_BACKOFF);
+            }
+            Err((source, returned)) => {
+                return Err(RouterError::Produce {
+                    topic: returned.topic.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+async fn await_acknowledgements(
+    pending: Result<Vec<Pending>, RouterError>,
+) -> Result<(), RouterError> {
+    for (topic, future) in pending? {
+        match future.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((source, _))) => return Err(RouterError::Produce { topic, source }),
+            Err(_) => return Err(RouterError::ProduceCanceled),
+        }
+    }
+    Ok(())
+}

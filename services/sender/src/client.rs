@@ -1,0 +1,89 @@
+//! The HTTP client for webhook requests: hyper with rustls, pooled connections per host, HTTP/2
+//! where the endpoint offers it, bounded connect and total time, a bounded read of the response.
+//! Redirects are not followed: hyper's client never follows them, and a 3xx is a failed attempt.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::attempt::AttemptError;
+
+/// A client shared by every attempt of one sender.
+#[derive(Clone)]
+pub struct WebhookClient {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    max_response_bytes: usize,
+}
+
+impl WebhookClient {
+    /// Builds the client. Certificates are checked against the Mozilla root store (webpki-roots).
+    pub fn new(connect_timeout: Duration, max_response_bytes: usize) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_nodelay(true);
+        // Plain http:// is refused earlier, when subscriptions are checked, unless configuration
+        // allows it; the connector itself can speak both.
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Self {
+            client,
+            max_response_bytes,
+        }
+    }
+
+    /// Sends one request and reads at most `max_response_bytes` of the response, within `timeout`
+    /// for the whole exchange. Returns the status.
+    pub async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<StatusCode, AttemptError> {
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(classify)?;
+            let status = response.status();
+            // The body is read only so the connection can be reused; its content is discarded.
+            // A body larger than the limit ends the read, and the connection is not reused.
+            let _ = Limited::new(response.into_body(), self.max_response_bytes)
+                .collect()
+                .await;
+            Ok(status)
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(AttemptError::Timeout),
+        }
+    }
+}
+
+fn classify(error: hyper_util::client::legacy::Error) -> AttemptError {
+    let detail = error_chain(&error);
+    if error.is_connect() {
+        AttemptError::Connect(detail)
+    } else {
+        AttemptError::Request(detail)
+    }
+}
+
+/// Joins an error and its sources, for the attempt's `herald-last-error`.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

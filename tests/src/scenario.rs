@@ -1,0 +1,238 @@
+//! One isolated Herald set-up on the real broker: unique topics and groups, a configuration file,
+//! one reference receiver per subscription, and what each receiver should get.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+
+use herald_core::config::HeraldConfig;
+use herald_core::topics;
+use herald_verify::receiver::{Receiver, ReceiverOptions};
+use herald_verify::{Secret, Verifier};
+
+use crate::kafka::{bootstrap_servers, unique_name};
+use crate::process::HeraldProcess;
+use crate::samples::SampleRecord;
+
+/// A subscription of the scenario and the receiver behind it.
+pub struct Endpoint {
+    pub name: String,
+    pub event_types: Vec<String>,
+    pub secret: Secret,
+    pub receiver: Receiver,
+}
+
+impl Endpoint {
+    /// Whether this endpoint wants `event_type`, decided independently of Herald's index.
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.event_types
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some("") => true,
+                Some(prefix) => event_type.starts_with(prefix) && event_type.len() > prefix.len(),
+                None => pattern == event_type,
+            })
+    }
+
+    /// Distinct verified webhook ids received.
+    pub fn verified(&self) -> u64 {
+        self.receiver.counts().verified.load(Ordering::Relaxed)
+    }
+}
+
+/// Names of the scenario's topics.
+pub struct Topics {
+    pub domain: String,
+    pub deliveries: String,
+    pub rejected: String,
+    pub dlq: String,
+}
+
+/// A configured set-up whose services are started on demand.
+pub struct Scenario {
+    pub folder: PathBuf,
+    pub config_path: PathBuf,
+    pub topics: Topics,
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl Scenario {
+    /// Creates topics, receivers and configuration for subscriptions given as
+    /// `(name, event types)`.
+    pub async fn new(name: &str, subscriptions: &[(&str, &[&str])]) -> anyhow::Result<Self> {
+        let prefix = unique_name(&format!("{name}-"));
+        let folder = std::env::temp_dir().join("herald-tests").join(&prefix);
+        std::fs::create_dir_all(&folder)
+            .with_context(|| format!("creating {}", folder.display()))?;
+        let topics = Topics {
+            domain: format!("{prefix}.banking"),
+            deliveries: format!("{prefix}.deliveries"),
+            rejected: format!("{prefix}.rejected"),
+            dlq: format!("{prefix}.dlq"),
+        };
+
+        let mut endpoints = Vec::new();
+        for (position, (endpoint_name, event_types)) in subscriptions.iter().enumerate() {
+            let secret =
+                Secret::from_bytes((0..32).map(|byte| byte ^ position as u8 ^ 0x5a).collect())?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let receiver = Receiver::start(
+                listener,
+                ReceiverOptions {
+                    name: (*endpoint_name).to_owned(),
+                    verifier: Verifier::new(vec![secret.clone()])?,
+                    keep_requests: true,
+                    log_file: None,
+                },
+            )?;
+            endpoints.push(Endpoint {
+                name: (*endpoint_name).to_owned(),
+                event_types: event_types.iter().map(|t| (*t).to_owned()).collect(),
+                secret,
+                receiver,
+            });
+        }
+
+        let subscriptions_path = folder.join("subscriptions.yaml");
+        std::fs::write(&subscriptions_path, subscriptions_yaml(&endpoints))?;
+        let config_path = folder.join("herald.toml");
+        let config_text = format!(
+            r#"[kafka]
+bootstrap_servers = "{bootstrap}"
+
+[kafka.client]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+
+[topics]
+deliveries = "{deliveries}"
+deliveries_partitions = 4
+rejected = "{rejected}"
+dlq = "{dlq}"
+replication_factor = 1
+
+[[topics.domain]]
+name = "{domain}"
+partitions = 3
+config = {{ "max.message.bytes" = "2097152" }}
+
+[router]
+group_id = "{prefix}-router"
+source_topics = ["{domain}"]
+
+[sender]
+group_id = "{prefix}-sender"
+allow_plain_http = true
+
+[subscriptions]
+file = "{subscriptions}"
+"#,
+            bootstrap = bootstrap_servers(),
+            deliveries = topics.deliveries,
+            rejected = topics.rejected,
+            dlq = topics.dlq,
+            domain = topics.domain,
+            subscriptions = subscriptions_path.display(),
+        );
+        std::fs::write(&config_path, config_text)?;
+
+        let config = HeraldConfig::load_with_environment(Some(&config_path), Default::default())?;
+        topics::apply(&config.kafka, &topics::plan(&config)).await?;
+        Ok(Self {
+            folder,
+            config_path,
+            topics,
+            endpoints,
+        })
+    }
+
+    /// Starts `herald router` or `herald sender` with this scenario's configuration.
+    pub fn start(&self, role: &str) -> anyhow::Result<HeraldProcess> {
+        HeraldProcess::start(role, &self.config_path, &self.folder, &[])
+    }
+
+    /// Like [`Scenario::start`], with `HERALD__…` overrides such as a smaller in-flight window.
+    pub fn start_with(
+        &self,
+        role: &str,
+        environment: &[(&str, &str)],
+    ) -> anyhow::Result<HeraldProcess> {
+        HeraldProcess::start(role, &self.config_path, &self.folder, environment)
+    }
+
+    pub fn endpoint(&self, name: &str) -> &Endpoint {
+        self.endpoints
+            .iter()
+            .find(|endpoint| endpoint.name == name)
+            .unwrap_or_else(|| panic!("no endpoint named {name}"))
+    }
+
+    /// Returns, per endpoint, the event ids it should receive from `records`, and the body of
+    /// each id as published.
+    pub fn expected(
+        &self,
+        records: &[SampleRecord],
+    ) -> (
+        BTreeMap<String, BTreeSet<String>>,
+        BTreeMap<String, Vec<u8>>,
+    ) {
+        let mut wanted: BTreeMap<String, BTreeSet<String>> = self
+            .endpoints
+            .iter()
+            .map(|endpoint| (endpoint.name.clone(), BTreeSet::new()))
+            .collect();
+        let mut bodies = BTreeMap::new();
+        for record in records.iter().filter(|record| record.expect_delivery) {
+            let Some((id, event_type)) = record.id_and_type() else {
+                continue;
+            };
+            for endpoint in self
+                .endpoints
+                .iter()
+                .filter(|endpoint| endpoint.wants(&event_type))
+            {
+                wanted
+                    .entry(endpoint.name.clone())
+                    .or_default()
+                    .insert(id.clone());
+            }
+            if let Some(value) = &record.value {
+                bodies.insert(id, value.clone());
+            }
+        }
+        (wanted, bodies)
+    }
+
+    /// True once every endpoint has at least as many verified ids as `wanted` lists for it.
+    pub fn all_arrived(&self, wanted: &BTreeMap<String, BTreeSet<String>>) -> bool {
+        self.endpoints.iter().all(|endpoint| {
+            endpoint.verified() >= wanted.get(&endpoint.name).map_or(0, |ids| ids.len() as u64)
+        })
+    }
+}
+
+fn subscriptions_yaml(endpoints: &[Endpoint]) -> String {
+    let mut yaml = String::from("subscriptions:\n");
+    for endpoint in endpoints {
+        let types: Vec<String> = endpoint
+            .event_types
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect();
+        yaml.push_str(&format!(
+            "  - id: {name}\n    url: http://{address}/webhooks/{name}\n    event_types: [{types}]\n    secrets: [\"{secret}\"]\n",
+            name = endpoint.name,
+            address = endpoint.receiver.address(),
+            types = types.join(", "),
+            secret = endpoint.secret.expose(),
+        ));
+    }
+    yaml
+}
+
+/// Removes a scenario's folder; logs are kept when a test fails, so call it only on success.
+pub fn remove_folder(folder: &Path) {
+    let _ = std::fs::remove_dir_all(folder);
+}

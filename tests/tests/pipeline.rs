@@ -1,0 +1,219 @@
+//! End to end on the real broker: sample events in, signed webhooks out, bad events set aside.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use herald_tests::kafka::{header, publish, read_topic};
+use herald_tests::samples::{bad_events, banking_events};
+use herald_tests::scenario::{Scenario, remove_folder};
+use herald_tests::wait;
+use rdkafka::Message;
+
+const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(180);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+const BANK: &[(&str, &[&str])] = &[
+    ("compliance", &["kyc.*", "aml.*"]),
+    ("ledger", &["payment.*"]),
+    ("crm", &["client.*"]),
+    ("audit", &["*"]),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_events_reach_every_matching_subscription() -> anyhow::Result<()> {
+    let scenario = Scenario::new("samples", BANK).await?;
+    let events = banking_events()?;
+    let (wanted, bodies) = scenario.expected(&events);
+    let mut router = scenario.start("router")?;
+    let mut sender = scenario.start("sender")?;
+
+    publish(&scenario.topics.domain, &events).await?;
+    let arrived = wait::until("every expected delivery arrived", ARRIVAL_TIMEOUT, || {
+        scenario.all_arrived(&wanted)
+    })
+    .await;
+    router.check_running()?;
+    sender.check_running()?;
+    arrived?;
+
+    for endpoint in &scenario.endpoints {
+        let expected_ids = &wanted[&endpoint.name];
+        let mut received_ids = BTreeSet::new();
+        for request in endpoint.receiver.requests() {
+            let id = request.verification.as_ref().map_err(|error| {
+                anyhow::anyhow!("{}: request failed verification: {error}", endpoint.name)
+            })?;
+            assert_eq!(
+                request.body.as_ref(),
+                bodies[id].as_slice(),
+                "{}: body of {id} changed",
+                endpoint.name
+            );
+            assert_eq!(request.headers["content-type"], "application/json");
+            received_ids.insert(id.clone());
+        }
+        assert_eq!(
+            &received_ids, expected_ids,
+            "{}: received ids differ from the subscribed ones",
+            endpoint.name
+        );
+    }
+    assert_eq!(scenario.endpoint("audit").verified(), events.len() as u64);
+
+    assert!(
+        router.terminate(STOP_TIMEOUT)?,
+        "router did not exit cleanly on SIGTERM"
+    );
+    assert!(
+        sender.terminate(STOP_TIMEOUT)?,
+        "sender did not exit cleanly on SIGTERM"
+    );
+    remove_folder(&scenario.folder);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_events_are_rejected_and_the_stream_flows() -> anyhow::Result<()> {
+    let scenario = Scenario::new("bad", &[("audit", &["*"])]).await?;
+    let records = bad_events()?;
+    let mut router = scenario.start("router")?;
+    let mut sender = scenario.start("sender")?;
+
+    publish(&scenario.topics.domain, &records).await?;
+    // Every hostile record has the same key, so their offsets in one partition are their positions.
+    let expected_rejected: BTreeSet<usize> = (0..records.len())
+        .filter(|&i| !records[i].expect_delivery)
+        .collect();
+    let rejected = read_topic(
+        &scenario.topics.rejected,
+        expected_rejected.len(),
+        ARRIVAL_TIMEOUT,
+    )?;
+    router.check_running()?;
+
+    let mut rejected_positions = BTreeSet::new();
+    for message in &rejected {
+        let reason = header(message, "herald-reject-reason").unwrap_or_default();
+        let source = header(message, "herald-source").unwrap_or_default();
+        let position: usize = source.rsplit('/').next().unwrap_or_default().parse()?;
+        assert!(
+            !reason.is_empty(),
+            "rejected record from {source} has no reason"
+        );
+        let why = &records[position].why;
+        assert!(
+            !records[position].expect_delivery,
+            "{why:?} was rejected ({reason}) but must be delivered"
+        );
+        if why.starts_with("1.5 MB event") {
+            assert!(
+                reason.contains("1500120 bytes"),
+                "oversized event's reason lacks its size: {reason}"
+            );
+            assert!(
+                message.payload().is_none(),
+                "oversized event was copied to the rejected topic"
+            );
+        }
+        rejected_positions.insert(position);
+    }
+    assert_eq!(
+        rejected_positions, expected_rejected,
+        "rejected records differ from the expected ones"
+    );
+
+    let (wanted, bodies) = scenario.expected(&records);
+    let arrived = wait::until(
+        "the valid events among the bad ones arrived",
+        ARRIVAL_TIMEOUT,
+        || scenario.all_arrived(&wanted),
+    )
+    .await;
+    sender.check_running()?;
+    arrived?;
+    let audit = scenario.endpoint("audit");
+    let received: BTreeMap<String, usize> =
+        audit
+            .receiver
+            .requests()
+            .iter()
+            .fold(BTreeMap::new(), |mut counts, request| {
+                if let Ok(id) = &request.verification {
+                    *counts.entry(id.clone()).or_default() += 1;
+                }
+                counts
+            });
+    assert_eq!(
+        received.keys().cloned().collect::<BTreeSet<_>>(),
+        wanted["audit"]
+    );
+    assert_eq!(
+        received.get("evt_bad_000001"),
+        Some(&2),
+        "the repeated event is delivered again with the same webhook-id"
+    );
+    for request in audit.receiver.requests() {
+        let Ok(id) = &request.verification else {
+            continue;
+        };
+        assert_eq!(
+            request.body.as_ref(),
+            bodies[id].as_slice(),
+            "body of {id} changed"
+        );
+    }
+    remove_folder(&scenario.folder);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_attempt_is_dead_lettered() -> anyhow::Result<()> {
+    let scenario = Scenario::new("dlq", &[("ledger", &["payment.*"]), ("audit", &["*"])]).await?;
+    scenario
+        .endpoint("ledger")
+        .receiver
+        .respond_with(http::StatusCode::SERVICE_UNAVAILABLE);
+    let events: Vec<_> = banking_events()?.into_iter().take(100).collect();
+    let (wanted, bodies) = scenario.expected(&events);
+    let mut router = scenario.start("router")?;
+    let mut sender = scenario.start("sender")?;
+
+    publish(&scenario.topics.domain, &events).await?;
+    let ledger_count = wanted["ledger"].len();
+    let dead_letters = read_topic(&scenario.topics.dlq, ledger_count, ARRIVAL_TIMEOUT)?;
+    router.check_running()?;
+    sender.check_running()?;
+
+    let mut dead_ids = BTreeSet::new();
+    for message in &dead_letters {
+        assert_eq!(
+            header(message, "herald-dead-letter-reason").as_deref(),
+            Some("attempt_failed")
+        );
+        assert_eq!(
+            header(message, "herald-last-status").as_deref(),
+            Some("503")
+        );
+        assert_eq!(header(message, "herald-attempt").as_deref(), Some("1"));
+        assert_eq!(
+            header(message, "herald-subscription-id").as_deref(),
+            Some("ledger")
+        );
+        assert!(header(message, "herald-first-attempt-at").is_some());
+        let id = header(message, "herald-event-id").unwrap_or_default();
+        assert_eq!(
+            message.payload(),
+            Some(bodies[&id].as_slice()),
+            "dead letter body of {id} changed"
+        );
+        dead_ids.insert(id);
+    }
+    assert_eq!(dead_ids, wanted["ledger"]);
+
+    wait::until("audit got every event", ARRIVAL_TIMEOUT, || {
+        scenario.all_arrived(&wanted)
+    })
+    .await?;
+    remove_folder(&scenario.folder);
+    Ok(())
+}
