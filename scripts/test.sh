@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, end-to-end tests against a real Kafka broker (started here unless
+# one is running or KAFKA_BOOTSTRAP_SERVERS names one), and the Python publishing example.
+# Needs Rust, Java 17+, Maven and Python 3; installs Kafka and the Python packages itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+started_kafka=0
+stop_kafka() { if [[ $started_kafka == 1 ]]; then deploy/local/kafka.sh stop; fi; }
+trap stop_kafka EXIT
+
+if ! deploy/local/kafka.sh status >/dev/null 2>&1; then
+  deploy/local/kafka.sh start
+  started_kafka=1
+fi
+export KAFKA_BOOTSTRAP_SERVERS=${KAFKA_BOOTSTRAP_SERVERS:-$(deploy/local/kafka.sh bootstrap)}
+
+# The publishing example's test runs Python with confluent-kafka.
+HERALD_PYTHON=$(scripts/python-env.sh)
+export HERALD_PYTHON
+
+# Binaries first: the end-to-end tests start `herald` as a child process.
+cargo build --workspace --bins
+cargo test --workspace
