@@ -21,4 +21,9 @@ export HERALD_PYTHON
 
 # Binaries first: the end-to-end tests start `herald` as a child process.
 cargo build --workspace --bins
-cargo test --workspace
+log=$(mktemp)
+cargo test --workspace 2>&1 | tee "$log"
+
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
+rm -f "$log"

@@ -13,7 +13,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::samples::SampleRecord;
 
-/// The broker under test: `KAFKA_BOOTSTRAP_SERVERS`, or the one `deploy/local/kafka.sh` starts.
+/// Returns the broker under test: `KAFKA_BOOTSTRAP_SERVERS`, or the one `deploy/local/kafka.sh`
+/// starts.
 pub fn bootstrap_servers() -> String {
     std::env::var("KAFKA_BOOTSTRAP_SERVERS")
         .unwrap_or_else(|_| herald_core::config::DEFAULT_BOOTSTRAP_SERVERS.to_owned())

@@ -32,7 +32,7 @@ impl SampleRecord {
     }
 }
 
-/// The repository's `samples/` folder.
+/// Returns the repository's `samples/` folder.
 pub fn folder() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples")
 }
@@ -52,7 +52,7 @@ struct BadLine {
     why: String,
 }
 
-/// The 2,000 banking events, serialized as `serde_json` writes them.
+/// Reads the 2,000 banking events, serialized as `serde_json` writes them.
 pub fn banking_events() -> anyhow::Result<Vec<SampleRecord>> {
     let path = folder().join("banking-events.jsonl");
     let text =
@@ -70,7 +70,7 @@ pub fn banking_events() -> anyhow::Result<Vec<SampleRecord>> {
         .collect()
 }
 
-/// The hostile records, with the exact bytes each one carries.
+/// Reads the hostile records, with the exact bytes each one carries.
 pub fn bad_events() -> anyhow::Result<Vec<SampleRecord>> {
     let path = folder().join("bad-events.jsonl");
     let text =

@@ -25,7 +25,7 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Whether this endpoint wants `event_type`, decided independently of Herald's index.
+    /// Returns whether this endpoint wants `event_type`, decided independently of Herald's index.
     pub fn wants(&self, event_type: &str) -> bool {
         self.event_types
             .iter()

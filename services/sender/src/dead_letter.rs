@@ -15,7 +15,7 @@ use crate::outcome::DeadLetterReason;
 /// The longest `herald-last-error` kept, in bytes.
 const MAX_ERROR_BYTES: usize = 1024;
 
-/// What is known about a delivery's attempts when it is dead-lettered.
+/// The attempt history of a delivery at the time it is dead-lettered.
 pub struct History<'a> {
     pub attempts: u32,
     pub first_attempt_at: Option<SystemTime>,
@@ -24,7 +24,8 @@ pub struct History<'a> {
 }
 
 impl History<'_> {
-    /// A delivery dead-lettered before any attempt, such as one for an unknown subscription.
+    /// Returns the history of a delivery dead-lettered before any attempt, such as one for an
+    /// unknown subscription.
     pub fn none() -> Self {
         History {
             attempts: 0,

@@ -1,13 +1,13 @@
 //! The one place that decides what an attempt's result means for the delivery.
 //!
-//! Until retry tiers exist, every failed attempt is dead-lettered at once so that nothing is lost
-//! silently; the dead letter keeps the status or error for redrive later.
+//! Retry tiers are not built yet, so every failed attempt is dead-lettered at once and nothing is
+//! lost silently. The dead letter keeps the status or error.
 
 use http::StatusCode;
 
 use crate::attempt::AttemptResult;
 
-/// What happens to a delivery after an attempt.
+/// The next step for a delivery after an attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The endpoint answered 2xx.

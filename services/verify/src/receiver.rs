@@ -29,7 +29,7 @@ const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub struct ReceivedRequest {
     pub headers: HeaderMap,
     pub body: Bytes,
-    /// The verification result; `Ok` holds the `webhook-id`.
+    /// The verification result; `Ok` contains the `webhook-id`.
     pub verification: Result<String, VerifyError>,
     /// True when this `webhook-id` had already been received and verified.
     pub duplicate: bool,
@@ -75,7 +75,7 @@ pub struct Receiver {
     task: JoinHandle<()>,
 }
 
-/// How a receiver behaves.
+/// Settings of a receiver.
 pub struct ReceiverOptions {
     /// Its name in the JSON-lines log.
     pub name: String,
@@ -87,7 +87,7 @@ pub struct ReceiverOptions {
 }
 
 impl Receiver {
-    /// Starts serving on `listener`, answering 204 to verified requests.
+    /// Starts serving on `listener`, responding 204 to verified requests.
     pub fn start(listener: TcpListener, options: ReceiverOptions) -> std::io::Result<Self> {
         let address = listener.local_addr()?;
         let log = match &options.log_file {
@@ -121,12 +121,12 @@ impl Receiver {
         &self.state.counts
     }
 
-    /// Sets the status answered to verified requests from now on, to imitate a failing endpoint.
+    /// Sets the status returned to verified requests from now on, to imitate a failing endpoint.
     pub fn respond_with(&self, status: StatusCode) {
         self.state.status.store(status.as_u16(), Ordering::Relaxed);
     }
 
-    /// Delays every answer from now on, to imitate a slow endpoint.
+    /// Delays every response from now on, to imitate a slow endpoint.
     pub fn delay_responses(&self, delay: std::time::Duration) {
         self.state
             .delay_ms

@@ -12,7 +12,7 @@ use crate::signature::Secret;
 /// How far a `webhook-timestamp` may be from the receiver's clock, either way.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 
-/// Why a request was not accepted.
+/// A reason a request failed verification.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
     #[error("missing header {0}")]
