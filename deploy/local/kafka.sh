@@ -10,6 +10,8 @@
 #   kafka.sh bootstrap print the bootstrap address
 #
 # If KAFKA_BOOTSTRAP_SERVERS is set, that cluster is used: install and start do nothing.
+# HERALD_KAFKA_PORT (19092) and HERALD_KAFKA_CONTROLLER_PORT (19093) choose other ports,
+# HERALD_KAFKA_HEAP (512m) the heap size, HERALD_KAFKA_HOME (.cache/kafka) the folder.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -89,6 +91,10 @@ start() {
     log "already running (PID $pid) on 127.0.0.1:$port"
     return
   fi
+  if ready; then
+    log "another broker already answers on 127.0.0.1:$port; stop it, or choose other ports with HERALD_KAFKA_PORT and HERALD_KAFKA_CONTROLLER_PORT"
+    exit 1
+  fi
   install
   mkdir -p "$cache/logs"
   write_properties
@@ -120,7 +126,7 @@ start() {
 }
 
 stop() {
-  external && return
+  # Stops the broker this script started, even when KAFKA_BOOTSTRAP_SERVERS names another cluster.
   local pid
   if ! pid=$(running_pid); then
     rm -f "$pid_file"

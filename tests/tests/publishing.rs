@@ -1,5 +1,5 @@
 //! The Python publishing example in docs/examples works against the real broker: events it
-//! publishes reach the subscription, byte for byte as Python serialized them.
+//! publishes reach the subscription, signed, with their ids and the publisher's trace context.
 
 use std::process::Command;
 use std::time::Duration;

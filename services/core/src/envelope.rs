@@ -11,6 +11,9 @@ use sha2::{Digest, Sha256};
 
 /// The longest event id or event type accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
+/// The deepest nesting of objects and arrays accepted. Receivers' JSON parsers often stop at
+/// about this depth (serde_json's default limit is 128), so a deeper event could not be read there.
+pub const MAX_NESTING_DEPTH: usize = 128;
 
 const UTF8_BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
 
@@ -55,6 +58,8 @@ pub enum RejectReason {
         "field {field} contains a character outside printable ASCII (control characters and spaces are not allowed)"
     )]
     UnsafeCharacter { field: &'static str },
+    #[error("JSON nesting is deeper than the {MAX_NESTING_DEPTH} levels allowed")]
+    TooDeep,
     #[error("unsupported CloudEvents specversion {version:?}, expected \"1.0\"")]
     UnsupportedSpecVersion { version: String },
 }
@@ -74,6 +79,7 @@ impl RejectReason {
             Self::EmptyField { .. } => "empty_field",
             Self::FieldTooLong { .. } => "field_too_long",
             Self::UnsafeCharacter { .. } => "unsafe_character",
+            Self::TooDeep => "too_deep",
             Self::UnsupportedSpecVersion { .. } => "unsupported_spec_version",
         }
     }
@@ -153,9 +159,42 @@ fn parse_top_level(json: &[u8]) -> Result<TopLevel, RejectReason> {
             });
         }
     }
+    // serde_json skips unread fields without a depth limit, so depth is checked here first.
+    if nesting_depth(json) > MAX_NESTING_DEPTH {
+        return Err(RejectReason::TooDeep);
+    }
     serde_json::from_slice(json).map_err(|error| RejectReason::InvalidJson {
         detail: error.to_string(),
     })
+}
+
+/// Returns the deepest nesting of objects and arrays in `json`, ignoring brackets inside strings.
+fn nesting_depth(json: &[u8]) -> usize {
+    let mut depth = 0usize;
+    let mut deepest = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in json {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 fn read_cloud_event(top: TopLevel) -> Result<Event, RejectReason> {
@@ -316,7 +355,7 @@ mod tests {
             Err("invalid_json")
         );
         let deep = format!("{}{}", "{\"a\":".repeat(5000), "}".repeat(5000));
-        assert_eq!(read(&deep).map_err(|r| r.kind()), Err("invalid_json"));
+        assert_eq!(read(&deep).map_err(|r| r.kind()), Err("too_deep"));
     }
 
     #[test]
@@ -345,6 +384,19 @@ mod tests {
                 found: "a number"
             })
         );
+    }
+
+    #[test]
+    fn rejects_deep_nesting_even_in_a_valid_envelope() {
+        let nested = |levels: usize| format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+        let event = |data: String| format!(r#"{{"eventId":"e","eventType":"t","data":{data}}}"#);
+        assert!(read(&event(nested(MAX_NESTING_DEPTH - 1))).is_ok());
+        assert_eq!(
+            read(&event(nested(MAX_NESTING_DEPTH))),
+            Err(RejectReason::TooDeep)
+        );
+        // Brackets inside strings are text, not nesting.
+        assert!(read(&event(format!("\"{}\\\"\"", "[".repeat(500)))).is_ok());
     }
 
     #[test]

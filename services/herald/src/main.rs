@@ -53,23 +53,29 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    // Before logging is set up, errors go to standard error as plain text.
+    let config = match HeraldConfig::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("herald: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    herald_core::logging::init(&config.log);
+    match runtime.block_on(run(cli.command, config)) {
         Ok(code) => code,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "herald stopped");
-            eprintln!("herald: {error:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = HeraldConfig::load(cli.config.as_deref())?;
-    herald_core::logging::init(&config.log);
+async fn run(command: Command, config: HeraldConfig) -> anyhow::Result<ExitCode> {
     // Two rustls crypto providers can end up in the dependency graph; pick one explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    match cli.command {
+    match command {
         Command::Router => {
             let subscriptions = load_subscriptions(&config)?;
             herald_router::run(&config, subscriptions, shutdown_signal()).await?;
