@@ -48,6 +48,7 @@ pub struct Topics {
     pub deliveries: String,
     pub rejected: String,
     pub dlq: String,
+    pub attempts: String,
 }
 
 /// A configured set-up whose services are started on demand.
@@ -71,6 +72,7 @@ impl Scenario {
             deliveries: format!("{prefix}.deliveries"),
             rejected: format!("{prefix}.rejected"),
             dlq: format!("{prefix}.dlq"),
+            attempts: format!("{prefix}.attempts"),
         };
 
         let mut endpoints = Vec::new();
@@ -111,6 +113,7 @@ deliveries = "{deliveries}"
 deliveries_partitions = 4
 rejected = "{rejected}"
 dlq = "{dlq}"
+attempts = "{attempts}"
 replication_factor = 1
 
 [[topics.domain]]
@@ -128,11 +131,17 @@ allow_plain_http = true
 
 [subscriptions]
 file = "{subscriptions}"
+
+[retry]
+tiers = ["1s", "2s", "4s"]
+topic_prefix = "{prefix}.retry."
+forwarder_group_id = "{prefix}-forwarder"
 "#,
             bootstrap = bootstrap_servers(),
             deliveries = topics.deliveries,
             rejected = topics.rejected,
             dlq = topics.dlq,
+            attempts = topics.attempts,
             domain = topics.domain,
             subscriptions = subscriptions_path.display(),
         );

@@ -167,7 +167,7 @@ async fn bad_events_are_rejected_and_the_stream_flows() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_attempt_is_dead_lettered() -> anyhow::Result<()> {
+async fn always_failing_endpoint_is_dead_lettered() -> anyhow::Result<()> {
     let scenario = Scenario::new("dlq", &[("ledger", &["payment.*"]), ("audit", &["*"])]).await?;
     scenario
         .endpoint("ledger")
@@ -188,13 +188,17 @@ async fn failed_attempt_is_dead_lettered() -> anyhow::Result<()> {
     for message in &dead_letters {
         assert_eq!(
             header(message, "herald-dead-letter-reason").as_deref(),
-            Some("attempt_failed")
+            Some("retries_exhausted")
         );
         assert_eq!(
             header(message, "herald-last-status").as_deref(),
             Some("503")
         );
-        assert_eq!(header(message, "herald-attempt").as_deref(), Some("1"));
+        assert_eq!(
+            header(message, "herald-attempt").as_deref(),
+            Some("4"),
+            "one attempt and one per tier"
+        );
         assert_eq!(
             header(message, "herald-subscription-id").as_deref(),
             Some("ledger")

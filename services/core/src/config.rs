@@ -26,6 +26,13 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_SUBSCRIPTIONS_FILE: &str = "config/subscriptions.yaml";
+pub const DEFAULT_ATTEMPTS_TOPIC: &str = "herald.attempts";
+pub const DEFAULT_RETRY_TIERS: [&str; 8] = ["10s", "1m", "5m", "30m", "2h", "6h", "12h", "24h"];
+pub const DEFAULT_RETRY_TOPIC_PREFIX: &str = "herald.retry.";
+pub const DEFAULT_RETRY_PARTITIONS: i32 = 6;
+pub const DEFAULT_JITTER_PERCENT: u32 = 10;
+pub const DEFAULT_MAX_RETRY_AFTER_S: u64 = 24 * 60 * 60;
+pub const DEFAULT_FORWARDER_GROUP: &str = "herald-forwarder";
 
 /// The whole configuration; each service reads the sections it needs.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -36,6 +43,7 @@ pub struct HeraldConfig {
     pub router: RouterConfig,
     pub sender: SenderConfig,
     pub subscriptions: SubscriptionsConfig,
+    pub retry: RetryConfig,
     pub log: LogConfig,
 }
 
@@ -73,6 +81,9 @@ pub struct TopicsConfig {
     pub rejected_partitions: i32,
     pub dlq: String,
     pub dlq_partitions: i32,
+    /// The attempt log: one record per attempt, keyed by delivery id.
+    pub attempts: String,
+    pub attempts_partitions: i32,
     /// Replication factor of topics Herald creates; -1 takes the broker's default.
     pub replication_factor: i32,
     /// Domain topics to create with Herald's, for local runs and demos.
@@ -88,6 +99,8 @@ impl Default for TopicsConfig {
             rejected_partitions: DEFAULT_SIDE_TOPIC_PARTITIONS,
             dlq: DEFAULT_DLQ_TOPIC.to_owned(),
             dlq_partitions: DEFAULT_SIDE_TOPIC_PARTITIONS,
+            attempts: DEFAULT_ATTEMPTS_TOPIC.to_owned(),
+            attempts_partitions: DEFAULT_RETRY_PARTITIONS,
             replication_factor: -1,
             domain: Vec::new(),
         }
@@ -147,6 +160,8 @@ pub struct SenderConfig {
     pub max_response_bytes: usize,
     /// Time allowed on shutdown for attempts in flight, in milliseconds.
     pub shutdown_timeout_ms: u64,
+    /// Write every attempt to the attempt log topic.
+    pub attempt_log: bool,
 }
 
 impl Default for SenderConfig {
@@ -158,7 +173,49 @@ impl Default for SenderConfig {
             allow_plain_http: false,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
+            attempt_log: true,
         }
+    }
+}
+
+/// Retries: the tiers, their topics and the delay forwarder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Delays in rising order, such as `10s`, `5m`, `2h`; one topic per delay.
+    pub tiers: Vec<String>,
+    /// Tier topics are named `<topic_prefix><delay>`.
+    pub topic_prefix: String,
+    pub partitions: i32,
+    /// Random extra delay, up to this percentage of the tier's delay, so that deliveries to an
+    /// endpoint that comes back do not all arrive in the same second.
+    pub jitter_percent: u32,
+    /// The longest `Retry-After` honoured, in seconds; longer requests are cut to it.
+    pub max_retry_after_s: u64,
+    /// Consumer group of the delay forwarder.
+    pub forwarder_group_id: String,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            tiers: DEFAULT_RETRY_TIERS
+                .iter()
+                .map(|tier| (*tier).to_owned())
+                .collect(),
+            topic_prefix: DEFAULT_RETRY_TOPIC_PREFIX.to_owned(),
+            partitions: DEFAULT_RETRY_PARTITIONS,
+            jitter_percent: DEFAULT_JITTER_PERCENT,
+            max_retry_after_s: DEFAULT_MAX_RETRY_AFTER_S,
+            forwarder_group_id: DEFAULT_FORWARDER_GROUP.to_owned(),
+        }
+    }
+}
+
+impl RetryConfig {
+    /// Builds the schedule; configuration that passed [`HeraldConfig::problems`] always builds.
+    pub fn schedule(&self) -> Result<crate::retry::RetrySchedule, String> {
+        crate::retry::RetrySchedule::try_new(&self.tiers, &self.topic_prefix)
     }
 }
 
@@ -279,6 +336,7 @@ impl HeraldConfig {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("router.source_topics")
+                .with_list_parse_key("retry.tiers")
                 .source(Some(environment)),
         );
         let mut loaded: Self = builder
@@ -318,6 +376,8 @@ impl HeraldConfig {
             ("topics.deliveries_partitions", topics.deliveries_partitions),
             ("topics.rejected_partitions", topics.rejected_partitions),
             ("topics.dlq_partitions", topics.dlq_partitions),
+            ("topics.attempts_partitions", topics.attempts_partitions),
+            ("retry.partitions", self.retry.partitions),
         ] {
             if count < 1 {
                 problems.add(key, "must be at least 1");
@@ -377,6 +437,25 @@ impl HeraldConfig {
             "sender.connect_timeout_ms",
             self.sender.connect_timeout_ms,
         );
+
+        match self.retry.schedule() {
+            Ok(schedule) => {
+                for (position, tier) in schedule.tiers().iter().enumerate() {
+                    check_topic_name(
+                        &mut problems,
+                        &format!("retry.tiers[{position}]"),
+                        &tier.topic,
+                    );
+                }
+            }
+            Err(message) => problems.add("retry.tiers", message),
+        }
+        if self.retry.jitter_percent > 100 {
+            problems.add("retry.jitter_percent", "must be between 0 and 100");
+        }
+        if self.retry.forwarder_group_id.is_empty() {
+            problems.add("retry.forwarder_group_id", "must not be empty");
+        }
 
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             problems.add(

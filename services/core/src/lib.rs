@@ -8,6 +8,7 @@ pub mod headers;
 pub mod kafka;
 pub mod logging;
 pub mod offsets;
+pub mod retry;
 pub mod signing;
 pub mod stage;
 pub mod subscription;

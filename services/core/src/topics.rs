@@ -80,6 +80,21 @@ pub fn plan(config: &HeraldConfig) -> Vec<TopicPlan> {
             config: side_topic_config,
         },
     ];
+    plans.push(TopicPlan {
+        name: topics.attempts.clone(),
+        partitions: topics.attempts_partitions,
+        replication_factor: topics.replication_factor,
+        config: side_topic_config_for_attempts(),
+    });
+    // A schedule that fails to build was already reported by the configuration check.
+    if let Ok(schedule) = config.retry.schedule() {
+        plans.extend(schedule.tiers().iter().map(|tier| TopicPlan {
+            name: tier.topic.clone(),
+            partitions: config.retry.partitions,
+            replication_factor: topics.replication_factor,
+            config: BTreeMap::new(),
+        }));
+    }
     plans.extend(topics.domain.iter().map(|domain| TopicPlan {
         name: domain.name.clone(),
         partitions: domain.partitions,
@@ -87,6 +102,14 @@ pub fn plan(config: &HeraldConfig) -> Vec<TopicPlan> {
         config: domain.config.clone(),
     }));
     plans
+}
+
+/// The attempt log answers "what happened to this delivery" for as long as dead letters are kept.
+fn side_topic_config_for_attempts() -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        "retention.ms".to_owned(),
+        SIDE_TOPIC_RETENTION_MS.to_owned(),
+    )])
 }
 
 /// Creates what is missing and compares what exists. Returns one outcome per planned topic.

@@ -5,19 +5,19 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, USER_AGENT};
-use http::{HeaderValue, Request, StatusCode};
+use http::{HeaderValue, Request};
 use http_body_util::Full;
 
 use herald_core::signing;
 use herald_core::subscription::Subscription;
 use herald_core::time::unix_seconds;
 
-use crate::client::WebhookClient;
+use crate::client::{HttpResponse, WebhookClient};
 
 const HERALD_USER_AGENT: &str = concat!("Herald/", env!("CARGO_PKG_VERSION"));
 
 /// What the endpoint did with one attempt.
-pub type AttemptResult = Result<StatusCode, AttemptError>;
+pub type AttemptResult = Result<HttpResponse, AttemptError>;
 
 /// Why an attempt got no HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

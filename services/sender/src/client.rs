@@ -2,10 +2,11 @@
 //! where the endpoint offers it, bounded connect and total time, a bounded read of the response.
 //! Redirects are not followed: hyper's client never follows them, and a 3xx is a failed attempt.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
+
+use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -44,27 +45,54 @@ impl WebhookClient {
     }
 
     /// Sends one request and reads at most `max_response_bytes` of the response, within `timeout`
-    /// for the whole exchange. Returns the status.
+    /// for the whole exchange.
     pub async fn send(
         &self,
         request: Request<Full<Bytes>>,
         timeout: Duration,
-    ) -> Result<StatusCode, AttemptError> {
+    ) -> Result<HttpResponse, AttemptError> {
         let exchange = async {
             let response = self.client.request(request).await.map_err(classify)?;
             let status = response.status();
+            let retry_after = retry_after(response.headers(), SystemTime::now());
             // The body is read only so the connection can be reused; its content is discarded.
             // A body larger than the limit ends the read, and the connection is not reused.
             let _ = Limited::new(response.into_body(), self.max_response_bytes)
                 .collect()
                 .await;
-            Ok(status)
+            Ok(HttpResponse {
+                status,
+                retry_after,
+            })
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(AttemptError::Timeout),
         }
     }
+}
+
+/// What an endpoint answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: StatusCode,
+    /// How long the endpoint asked to wait, from a valid `Retry-After` header.
+    pub retry_after: Option<Duration>,
+}
+
+/// Reads `Retry-After` as seconds or as an HTTP date (RFC 9110, section 10.2.3). A malformed
+/// value is ignored, and a date in the past means no wait.
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let text = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = httpdate::parse_http_date(text).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 fn classify(error: hyper_util::client::legacy::Error) -> AttemptError {
@@ -86,4 +114,44 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::RETRY_AFTER,
+            value.parse().expect("valid header"),
+        );
+        headers
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = httpdate::parse_http_date("Fri, 04 Dec 2026 10:00:00 GMT").expect("valid date");
+        assert_eq!(
+            retry_after(&headers("3"), now),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            retry_after(&headers("Fri, 04 Dec 2026 10:01:00 GMT"), now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            retry_after(&headers("Fri, 04 Dec 2026 09:00:00 GMT"), now),
+            Some(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn malformed_retry_after_is_ignored() {
+        let now = SystemTime::now();
+        for value in ["soon", "-5", "1.5", ""] {
+            assert_eq!(retry_after(&headers(value), now), None, "{value:?}");
+        }
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
 }

@@ -1,6 +1,6 @@
-//! Builds the dead-letter record of a delivery: the original key, body and headers unchanged,
-//! plus what happened. Headers Herald sets are replaced, never repeated, so a dead letter that
-//! is redriven and fails again does not grow.
+//! Builds the headers of a delivery's next record, on a retry tier or the dead-letter topic: the
+//! original headers unchanged, plus what happened so far. Headers Herald sets are replaced, never
+//! repeated, so a delivery that is retried, dead-lettered, redriven and fails again does not grow.
 
 use std::time::SystemTime;
 
@@ -15,7 +15,7 @@ use crate::outcome::DeadLetterReason;
 /// The longest `herald-last-error` kept, in bytes.
 const MAX_ERROR_BYTES: usize = 1024;
 
-/// The attempt history of a delivery at the time it is dead-lettered.
+/// The attempt history of a delivery at the time its next record is written.
 pub struct History<'a> {
     pub attempts: u32,
     pub first_attempt_at: Option<SystemTime>,
@@ -36,13 +36,16 @@ impl History<'_> {
     }
 }
 
-const REPLACED: [&str; 6] = [
+/// Headers Herald writes after an attempt; any earlier value is dropped first.
+const REPLACED: [&str; 8] = [
     headers::ATTEMPT,
     headers::FIRST_ATTEMPT_AT,
     headers::LAST_ATTEMPT_AT,
     headers::LAST_STATUS,
     headers::LAST_ERROR,
     headers::DEAD_LETTER_REASON,
+    headers::DUE_AT,
+    headers::TIER,
 ];
 
 /// Returns the dead letter's headers: the delivery's own, then Herald's account of what happened.
@@ -51,6 +54,33 @@ pub fn headers(
     reason: DeadLetterReason,
     history: &History<'_>,
 ) -> OwnedHeaders {
+    with_history(
+        original,
+        history,
+        &[(headers::DEAD_LETTER_REASON, reason.as_str())],
+    )
+}
+
+/// Returns the headers of a delivery parked on tier `tier_name` until `due_at`.
+pub fn retry_headers(
+    original: Option<&OwnedHeaders>,
+    history: &History<'_>,
+    tier_name: &str,
+    due_at: SystemTime,
+) -> OwnedHeaders {
+    let due_at = rfc3339(due_at);
+    with_history(
+        original,
+        history,
+        &[(headers::TIER, tier_name), (headers::DUE_AT, &due_at)],
+    )
+}
+
+fn with_history(
+    original: Option<&OwnedHeaders>,
+    history: &History<'_>,
+    extra: &[(&str, &str)],
+) -> OwnedHeaders {
     let mut result = headers::copy_except(original, OwnedHeaders::new(), &REPLACED);
     let mut add = |key: &str, value: &str| {
         result = std::mem::replace(&mut result, OwnedHeaders::new()).insert(Header {
@@ -58,7 +88,9 @@ pub fn headers(
             value: Some(value),
         });
     };
-    add(headers::DEAD_LETTER_REASON, reason.as_str());
+    for (key, value) in extra {
+        add(key, value);
+    }
     add(headers::ATTEMPT, &history.attempts.to_string());
     if let Some(at) = history.first_attempt_at {
         add(headers::FIRST_ATTEMPT_AT, &rfc3339(at));
@@ -67,7 +99,7 @@ pub fn headers(
         add(headers::LAST_ATTEMPT_AT, &rfc3339(at));
     }
     match history.last_result {
-        Some(Ok(status)) => add(headers::LAST_STATUS, status.as_str()),
+        Some(Ok(response)) => add(headers::LAST_STATUS, response.status.as_str()),
         Some(Err(error)) => add(
             headers::LAST_ERROR,
             &truncate(&format!("{}: {error}", error.class()), MAX_ERROR_BYTES),
@@ -96,6 +128,7 @@ mod tests {
 
     use super::*;
     use crate::attempt::AttemptError;
+    use crate::client::HttpResponse;
 
     fn values(headers: &OwnedHeaders, name: &str) -> Vec<String> {
         headers
@@ -105,43 +138,73 @@ mod tests {
             .collect()
     }
 
+    fn history(result: Option<&AttemptResult>) -> History<'_> {
+        History {
+            attempts: 2,
+            first_attempt_at: Some(SystemTime::now()),
+            last_attempt_at: Some(SystemTime::now()),
+            last_result: result,
+        }
+    }
+
     #[test]
     fn keeps_original_headers_and_adds_history() {
         let original = OwnedHeaders::new().insert(Header {
             key: "herald-event-id",
             value: Some("evt_1"),
         });
-        let result: AttemptResult = Ok(StatusCode::SERVICE_UNAVAILABLE);
-        let now = SystemTime::now();
-        let history = History {
-            attempts: 1,
-            first_attempt_at: Some(now),
-            last_attempt_at: Some(now),
-            last_result: Some(&result),
-        };
-        let built = headers(Some(&original), DeadLetterReason::AttemptFailed, &history);
+        let result: AttemptResult = Ok(HttpResponse {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            retry_after: None,
+        });
+        let built = headers(
+            Some(&original),
+            DeadLetterReason::RetriesExhausted,
+            &history(Some(&result)),
+        );
         assert_eq!(values(&built, "herald-event-id"), ["evt_1"]);
         assert_eq!(
             values(&built, "herald-dead-letter-reason"),
-            ["attempt_failed"]
+            ["retries_exhausted"]
         );
         assert_eq!(values(&built, "herald-last-status"), ["503"]);
-        assert_eq!(values(&built, "herald-attempt"), ["1"]);
+        assert_eq!(values(&built, "herald-attempt"), ["2"]);
     }
 
     #[test]
-    fn dead_lettering_again_does_not_grow_headers() {
+    fn headers_do_not_grow_through_retry_and_dead_letter() {
         let result: AttemptResult = Err(AttemptError::Timeout);
-        let history = History {
-            attempts: 1,
-            first_attempt_at: Some(SystemTime::now()),
-            last_attempt_at: Some(SystemTime::now()),
-            last_result: Some(&result),
-        };
-        let once = headers(None, DeadLetterReason::AttemptFailed, &history);
-        let twice = headers(Some(&once), DeadLetterReason::AttemptFailed, &history);
+        let once = headers(
+            None,
+            DeadLetterReason::RetriesExhausted,
+            &history(Some(&result)),
+        );
+        let retried = retry_headers(
+            Some(&once),
+            &history(Some(&result)),
+            "10s",
+            SystemTime::now(),
+        );
+        let twice = headers(
+            Some(&retried),
+            DeadLetterReason::RetriesExhausted,
+            &history(Some(&result)),
+        );
         assert_eq!(once.count(), twice.count());
         assert_eq!(values(&twice, "herald-last-error"), ["timeout: timed out"]);
+        assert!(values(&twice, "herald-tier").is_empty());
+        assert!(values(&twice, "herald-due-at").is_empty());
+    }
+
+    #[test]
+    fn retry_headers_carry_tier_and_due_time() {
+        let built = retry_headers(None, &history(None), "1m", std::time::UNIX_EPOCH);
+        assert_eq!(values(&built, "herald-tier"), ["1m"]);
+        assert_eq!(
+            values(&built, "herald-due-at"),
+            ["1970-01-01T00:00:00.000Z"]
+        );
+        assert_eq!(values(&built, "herald-attempt"), ["2"]);
     }
 
     #[test]

@@ -1,14 +1,18 @@
 //! The sender: reads deliveries, signs each one per Standard Webhooks and POSTs it to its
-//! subscription's endpoint. A delivery's offset is stored only after its outcome is safe: a 2xx
-//! from the endpoint, or an acknowledged dead letter.
+//! subscription's endpoint; failed attempts wait on retry tiers, and the delay forwarder sends
+//! them back when due. A delivery's offset is stored only after its outcome is safe: a 2xx from
+//! the endpoint, or an acknowledged record on a tier or the dead-letter topic.
 
 mod attempt;
+mod attempt_log;
 mod client;
 mod dead_letter;
+mod deliver;
+mod forwarder;
 mod outcome;
 mod run;
 
 pub use attempt::{AttemptError, AttemptResult};
-pub use client::WebhookClient;
+pub use client::{HttpResponse, WebhookClient, retry_after};
 pub use outcome::{DeadLetterReason, Outcome, decide};
 pub use run::{SenderError, run};

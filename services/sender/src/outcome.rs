@@ -1,7 +1,10 @@
 //! The one place that decides what an attempt's result means for the delivery.
 //!
-//! Retry tiers are not built yet, so every failed attempt is dead-lettered at once and nothing is
-//! lost silently. The dead letter keeps the status or error.
+//! 2xx is delivered. 410 Gone disables the subscription and dead-letters the delivery. Every
+//! other status (3xx included, since redirects are not followed), timeouts and connection, DNS
+//! and TLS failures are retried. On 429 and 503 a valid `Retry-After` sets the earliest retry.
+
+use std::time::Duration;
 
 use http::StatusCode;
 
@@ -12,15 +15,17 @@ use crate::attempt::AttemptResult;
 pub enum Outcome {
     /// The endpoint answered 2xx.
     Delivered,
-    /// The delivery goes to the dead-letter topic for this reason.
-    DeadLetter(DeadLetterReason),
+    /// Try again later; not before `wait_at_least` when the endpoint asked for a wait.
+    Retry { wait_at_least: Option<Duration> },
+    /// The endpoint answered 410 Gone: disable the subscription and dead-letter the delivery.
+    Disable,
 }
 
 /// Why a delivery was dead-lettered; the value of `herald-dead-letter-reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeadLetterReason {
-    /// The endpoint answered with a status other than 2xx, or gave no answer.
-    AttemptFailed,
+    /// Every tier of the retry schedule was used and the last attempt failed too.
+    RetriesExhausted,
     /// The endpoint answered 410 Gone: it asked for no more deliveries.
     Gone,
     /// The delivery names a subscription that does not exist.
@@ -34,7 +39,7 @@ pub enum DeadLetterReason {
 impl DeadLetterReason {
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::AttemptFailed => "attempt_failed",
+            Self::RetriesExhausted => "retries_exhausted",
             Self::Gone => "gone",
             Self::SubscriptionNotFound => "subscription_not_found",
             Self::SubscriptionDisabled => "subscription_disabled",
@@ -43,58 +48,112 @@ impl DeadLetterReason {
     }
 }
 
-/// Maps an attempt's result to the delivery's outcome.
-pub fn decide(result: &AttemptResult) -> Outcome {
-    match result {
-        Ok(status) if status.is_success() => Outcome::Delivered,
-        Ok(status) if *status == StatusCode::GONE => Outcome::DeadLetter(DeadLetterReason::Gone),
-        Ok(_) | Err(_) => Outcome::DeadLetter(DeadLetterReason::AttemptFailed),
+/// Maps an attempt's result to the delivery's next step. `max_retry_after` caps how long an
+/// endpoint may ask Herald to wait.
+pub fn decide(result: &AttemptResult, max_retry_after: Duration) -> Outcome {
+    let response = match result {
+        Ok(response) => response,
+        Err(_) => {
+            return Outcome::Retry {
+                wait_at_least: None,
+            };
+        }
+    };
+    if response.status.is_success() {
+        return Outcome::Delivered;
     }
+    if response.status == StatusCode::GONE {
+        return Outcome::Disable;
+    }
+    let honours_retry_after = matches!(
+        response.status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    );
+    let wait_at_least = response
+        .retry_after
+        .filter(|_| honours_retry_after)
+        .map(|wait| wait.min(max_retry_after));
+    Outcome::Retry { wait_at_least }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::attempt::AttemptError;
+    use crate::client::HttpResponse;
+
+    const CAP: Duration = Duration::from_secs(3600);
+
+    fn answered(code: u16, retry_after: Option<u64>) -> AttemptResult {
+        Ok(HttpResponse {
+            status: StatusCode::from_u16(code).expect("valid status"),
+            retry_after: retry_after.map(Duration::from_secs),
+        })
+    }
+
+    fn retry(wait: Option<u64>) -> Outcome {
+        Outcome::Retry {
+            wait_at_least: wait.map(Duration::from_secs),
+        }
+    }
 
     #[test]
     fn any_2xx_is_delivered() {
         for code in [200, 201, 202, 204, 299] {
-            let status = StatusCode::from_u16(code).expect("valid status");
-            assert_eq!(decide(&Ok(status)), Outcome::Delivered, "{code}");
-        }
-    }
-
-    #[test]
-    fn redirect_is_a_failure() {
-        assert_eq!(
-            decide(&Ok(StatusCode::MOVED_PERMANENTLY)),
-            Outcome::DeadLetter(DeadLetterReason::AttemptFailed)
-        );
-    }
-
-    #[test]
-    fn gone_has_its_own_reason() {
-        assert_eq!(
-            decide(&Ok(StatusCode::GONE)),
-            Outcome::DeadLetter(DeadLetterReason::Gone)
-        );
-    }
-
-    #[test]
-    fn errors_and_other_statuses_are_failures() {
-        for result in [
-            Ok(StatusCode::INTERNAL_SERVER_ERROR),
-            Ok(StatusCode::TOO_MANY_REQUESTS),
-            Ok(StatusCode::BAD_REQUEST),
-            Err(AttemptError::Timeout),
-            Err(AttemptError::Connect("refused".into())),
-        ] {
             assert_eq!(
-                decide(&result),
-                Outcome::DeadLetter(DeadLetterReason::AttemptFailed),
-                "{result:?}"
+                decide(&answered(code, None), CAP),
+                Outcome::Delivered,
+                "{code}"
             );
         }
+    }
+
+    #[test]
+    fn gone_disables_the_subscription() {
+        assert_eq!(decide(&answered(410, None), CAP), Outcome::Disable);
+    }
+
+    #[test]
+    fn redirects_are_retried_not_followed() {
+        for code in [301, 302, 307, 308] {
+            assert_eq!(decide(&answered(code, None), CAP), retry(None), "{code}");
+        }
+    }
+
+    #[test]
+    fn other_statuses_are_retried() {
+        for code in [400, 401, 404, 408, 409, 422, 500, 502, 504] {
+            assert_eq!(decide(&answered(code, None), CAP), retry(None), "{code}");
+        }
+    }
+
+    #[test]
+    fn errors_are_retried() {
+        for error in [
+            AttemptError::Timeout,
+            AttemptError::Connect("connection refused".into()),
+            AttemptError::Request("connection reset".into()),
+        ] {
+            assert_eq!(decide(&Err(error.clone()), CAP), retry(None), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_on_429_and_503() {
+        assert_eq!(decide(&answered(429, Some(3)), CAP), retry(Some(3)));
+        assert_eq!(decide(&answered(503, Some(120)), CAP), retry(Some(120)));
+    }
+
+    #[test]
+    fn retry_after_is_capped() {
+        assert_eq!(
+            decide(&answered(429, Some(999_999)), CAP),
+            retry(Some(3600))
+        );
+    }
+
+    #[test]
+    fn retry_after_is_ignored_on_other_statuses() {
+        assert_eq!(decide(&answered(500, Some(30)), CAP), retry(None));
     }
 }

@@ -1,0 +1,312 @@
+//! One delivery from start to outcome: check the subscription, make the attempt, and write what
+//! follows: nothing (delivered), a record on the next retry tier, or a dead letter, plus the
+//! attempt's record on the attempt log. The returned future resolves only when every record it
+//! wrote is acknowledged by Kafka, which is when the stage may store the delivery's offset.
+
+use std::collections::HashSet;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use herald_core::headers;
+use herald_core::retry::RetrySchedule;
+use herald_core::subscription::SubscriptionTable;
+
+use crate::attempt::{AttemptInput, attempt};
+use crate::attempt_log::AttemptRecord;
+use crate::client::WebhookClient;
+use crate::dead_letter::{self, History};
+use crate::outcome::{DeadLetterReason, Outcome, decide};
+use crate::run::SenderError;
+
+/// Everything a delivery needs, shared by all of them.
+pub(crate) struct Shared {
+    pub subscriptions: Arc<SubscriptionTable>,
+    pub client: WebhookClient,
+    pub producer: FutureProducer,
+    pub dlq_topic: String,
+    /// The attempts topic, or `None` when the attempt log is off.
+    pub attempts_topic: Option<String>,
+    pub schedule: RetrySchedule,
+    pub jitter_percent: u32,
+    pub max_retry_after: Duration,
+    pub produce_timeout: Duration,
+    /// Subscriptions disabled by a 410 Gone since this process started.
+    pub disabled: Mutex<HashSet<String>>,
+    pub jitter_hasher: std::collections::hash_map::RandomState,
+}
+
+/// A delivery record copied out of the consumer's buffer.
+pub(crate) struct Delivery {
+    pub key: Option<Vec<u8>>,
+    pub body: Bytes,
+    pub headers: Option<OwnedHeaders>,
+}
+
+impl Delivery {
+    fn header(&self, name: &str) -> Option<&str> {
+        headers::find(self.headers.as_ref(), name)
+    }
+}
+
+/// A record to write after the attempt.
+struct NextRecord {
+    topic: String,
+    headers: OwnedHeaders,
+}
+
+pub(crate) async fn deliver(shared: Arc<Shared>, delivery: Delivery) -> Result<(), SenderError> {
+    let subscription_id = delivery.header(headers::SUBSCRIPTION_ID);
+    let event_id = delivery.header(headers::EVENT_ID);
+    let (Some(subscription_id), Some(event_id)) = (subscription_id, event_id) else {
+        return dead_letter_without_attempt(
+            &shared,
+            &delivery,
+            DeadLetterReason::MalformedDelivery,
+        )
+        .await;
+    };
+    let Some(subscription) = shared.subscriptions.get(subscription_id) else {
+        return dead_letter_without_attempt(
+            &shared,
+            &delivery,
+            DeadLetterReason::SubscriptionNotFound,
+        )
+        .await;
+    };
+    if !subscription.enabled || shared.is_disabled(subscription_id) {
+        return dead_letter_without_attempt(
+            &shared,
+            &delivery,
+            DeadLetterReason::SubscriptionDisabled,
+        )
+        .await;
+    }
+
+    let attempt_number = delivery
+        .header(headers::ATTEMPT)
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0)
+        + 1;
+    let attempted_at = SystemTime::now();
+    let first_attempt_at = delivery
+        .header(headers::FIRST_ATTEMPT_AT)
+        .and_then(|text| humantime::parse_rfc3339(text).ok())
+        .unwrap_or(attempted_at);
+    let started = Instant::now();
+    let input = AttemptInput {
+        webhook_id: event_id,
+        body: delivery.body.clone(),
+        traceparent: delivery.header(headers::TRACEPARENT),
+        tracestate: delivery.header(headers::TRACESTATE),
+    };
+    let result = attempt(&shared.client, subscription, input).await;
+    let duration = started.elapsed();
+
+    let history = History {
+        attempts: attempt_number,
+        first_attempt_at: Some(first_attempt_at),
+        last_attempt_at: Some(attempted_at),
+        last_result: Some(&result),
+    };
+    let delivery_id = format!("{subscription_id}:{event_id}");
+    let ids = (
+        delivery_id.as_str(),
+        subscription_id,
+        event_id,
+        delivery.header(headers::EVENT_TYPE),
+    );
+    let mut record = AttemptRecord::new(ids, attempt_number, attempted_at, duration, &result);
+
+    let next = match decide(&result, shared.max_retry_after) {
+        Outcome::Delivered => {
+            tracing::debug!(
+                subscription_id,
+                event_id,
+                attempt = attempt_number,
+                "delivered"
+            );
+            None
+        }
+        Outcome::Retry { wait_at_least } => {
+            let current_tier = delivery
+                .header(headers::TIER)
+                .and_then(|name| shared.schedule.position(name));
+            match shared
+                .schedule
+                .next_tier(current_tier, wait_at_least)
+                .and_then(|i| shared.schedule.get(i))
+            {
+                Some(tier) => {
+                    let wait = wait_at_least.unwrap_or_default().max(tier.delay)
+                        + shared.jitter(tier.delay, event_id, attempt_number);
+                    let due_at = SystemTime::now() + wait;
+                    tracing::debug!(subscription_id, event_id, attempt = attempt_number, tier = %tier.name, "retry scheduled");
+                    record.outcome = "retry";
+                    record.next_tier = Some(&tier.name);
+                    record.due_at = Some(herald_core::time::rfc3339(due_at));
+                    Some(NextRecord {
+                        topic: tier.topic.clone(),
+                        headers: dead_letter::retry_headers(
+                            delivery.headers.as_ref(),
+                            &history,
+                            &tier.name,
+                            due_at,
+                        ),
+                    })
+                }
+                None => {
+                    record.outcome = "dead_letter";
+                    Some(dead_letter_record(
+                        &shared,
+                        &delivery,
+                        DeadLetterReason::RetriesExhausted,
+                        &history,
+                    ))
+                }
+            }
+        }
+        Outcome::Disable => {
+            shared.disable(subscription_id);
+            record.outcome = "disabled";
+            Some(dead_letter_record(
+                &shared,
+                &delivery,
+                DeadLetterReason::Gone,
+                &history,
+            ))
+        }
+    };
+
+    let log_write = async {
+        let Some(topic) = &shared.attempts_topic else {
+            return Ok(());
+        };
+        let payload = serde_json::to_vec(&record).unwrap_or_default();
+        shared
+            .produce(
+                topic,
+                Some(delivery_id.as_bytes()),
+                &payload,
+                OwnedHeaders::new(),
+            )
+            .await
+    };
+    let next_write = async {
+        let Some(next) = next else {
+            return Ok(());
+        };
+        shared
+            .produce(
+                &next.topic,
+                delivery.key.as_deref(),
+                &delivery.body,
+                next.headers,
+            )
+            .await
+    };
+    tokio::try_join!(log_write, next_write)?;
+    Ok(())
+}
+
+fn dead_letter_record(
+    shared: &Shared,
+    delivery: &Delivery,
+    reason: DeadLetterReason,
+    history: &History<'_>,
+) -> NextRecord {
+    tracing::warn!(
+        subscription_id = delivery.header(headers::SUBSCRIPTION_ID),
+        event_id = delivery.header(headers::EVENT_ID),
+        reason = reason.as_str(),
+        attempts = history.attempts,
+        status = history
+            .last_result
+            .and_then(|r| r.as_ref().ok())
+            .map(|r| r.status.as_u16()),
+        error = history
+            .last_result
+            .and_then(|r| r.as_ref().err())
+            .map(|e| e.class()),
+        "delivery dead-lettered"
+    );
+    NextRecord {
+        topic: shared.dlq_topic.clone(),
+        headers: dead_letter::headers(delivery.headers.as_ref(), reason, history),
+    }
+}
+
+async fn dead_letter_without_attempt(
+    shared: &Shared,
+    delivery: &Delivery,
+    reason: DeadLetterReason,
+) -> Result<(), SenderError> {
+    let record = dead_letter_record(shared, delivery, reason, &History::none());
+    shared
+        .produce(
+            &record.topic,
+            delivery.key.as_deref(),
+            &delivery.body,
+            record.headers,
+        )
+        .await
+}
+
+impl Shared {
+    fn is_disabled(&self, subscription_id: &str) -> bool {
+        self.disabled
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(subscription_id)
+    }
+
+    fn disable(&self, subscription_id: &str) {
+        let newly = self
+            .disabled
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(subscription_id.to_owned());
+        if newly {
+            // Subscriptions come from a file read at start-up: the change lasts until a restart.
+            tracing::warn!(
+                subscription_id,
+                "subscription disabled after 410 Gone until restart: set enabled: false in the subscriptions file to keep it disabled"
+            );
+        }
+    }
+
+    /// Returns a random extra wait of up to `jitter_percent` of `delay`.
+    fn jitter(&self, delay: Duration, event_id: &str, attempt: u32) -> Duration {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let sample = self.jitter_hasher.hash_one((event_id, attempt, nanos)) % 10_000;
+        let max_extra = delay.as_secs_f64() * f64::from(self.jitter_percent) / 100.0;
+        Duration::from_secs_f64(max_extra * sample as f64 / 10_000.0)
+    }
+
+    async fn produce(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<(), SenderError> {
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(topic).payload(payload).headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        match self.producer.send(record, self.produce_timeout).await {
+            Ok(_) => Ok(()),
+            Err((source, _)) => Err(SenderError::Produce {
+                topic: topic.to_owned(),
+                source,
+            }),
+        }
+    }
+}
