@@ -171,6 +171,29 @@ forwarder_group_id = "{prefix}-forwarder"
         HeraldProcess::start(role, &self.config_path, &self.folder, environment)
     }
 
+    /// Runs a `herald` command with this scenario's configuration and extra `HERALD__…`
+    /// variables; returns whether it succeeded and its standard output.
+    pub fn command(
+        &self,
+        arguments: &[&str],
+        environment: &[(&str, &str)],
+    ) -> anyhow::Result<(bool, String)> {
+        let output = std::process::Command::new(crate::process::workspace_binary("herald")?)
+            .args(arguments)
+            .arg("--config")
+            .arg(&self.config_path)
+            .envs(environment.iter().copied())
+            .output()?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            eprintln!(
+                "herald {arguments:?} failed:\n{stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok((output.status.success(), stdout))
+    }
+
     pub fn endpoint(&self, name: &str) -> &Endpoint {
         self.endpoints
             .iter()

@@ -12,6 +12,8 @@ use herald_core::config::HeraldConfig;
 use herald_core::subscription::SubscriptionTable;
 use herald_core::topics::{self, TopicOutcome};
 
+mod operator;
+
 #[derive(Parser)]
 #[command(name = "herald", version, about = "Kafka-native webhook delivery")]
 struct Cli {
@@ -32,6 +34,19 @@ enum Command {
     Topics {
         #[command(subcommand)]
         command: TopicsCommand,
+    },
+    /// Inspect and redrive dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: operator::DlqCommand,
+    },
+    /// Show every attempt of one delivery from the attempt log.
+    History {
+        /// The delivery id: `<subscription id>:<event id>`.
+        delivery_id: String,
+        /// Print one JSON object per attempt.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -87,6 +102,10 @@ async fn run(command: Command, config: HeraldConfig) -> anyhow::Result<ExitCode>
         Command::Topics {
             command: TopicsCommand::Apply,
         } => return apply_topics(&config).await,
+        Command::Dlq { command } => return operator::run_dlq(&config, command).await,
+        Command::History { delivery_id, json } => {
+            return operator::run_history(&config, &delivery_id, json);
+        }
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

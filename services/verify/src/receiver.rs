@@ -31,8 +31,11 @@ pub struct ReceivedRequest {
     pub body: Bytes,
     /// The verification result; `Ok` contains the `webhook-id`.
     pub verification: Result<String, VerifyError>,
-    /// True when this `webhook-id` had already been received and verified.
+    /// True when this `webhook-id` had already been received, verified and accepted.
     pub duplicate: bool,
+    /// The status the receiver answered.
+    pub status: StatusCode,
+    pub received_at: std::time::Instant,
 }
 
 /// Counts of what the receiver saw.
@@ -42,6 +45,8 @@ pub struct Counts {
     pub verified: AtomicU64,
     pub invalid: AtomicU64,
     pub duplicates: AtomicU64,
+    /// Verified requests answered with a failure on purpose (see [`Receiver::fail_first`]).
+    pub failed: AtomicU64,
 }
 
 /// A line of the JSON-lines log.
@@ -52,6 +57,7 @@ struct LogLine<'a> {
     webhook_id: Option<&'a str>,
     verified: bool,
     error: Option<String>,
+    status: u16,
     duplicate: bool,
     body: std::borrow::Cow<'a, str>,
 }
@@ -61,6 +67,8 @@ struct State {
     verifier: Verifier,
     status: AtomicU16,
     delay_ms: AtomicU64,
+    failure_plan: Mutex<Option<FailurePlan>>,
+    attempts_by_id: Mutex<std::collections::HashMap<String, u32>>,
     counts: Counts,
     seen: Mutex<HashSet<String>>,
     requests: Mutex<Vec<ReceivedRequest>>,
@@ -99,6 +107,8 @@ impl Receiver {
             verifier: options.verifier,
             status: AtomicU16::new(StatusCode::NO_CONTENT.as_u16()),
             delay_ms: AtomicU64::new(0),
+            failure_plan: Mutex::new(None),
+            attempts_by_id: Mutex::new(std::collections::HashMap::new()),
             counts: Counts::default(),
             seen: Mutex::new(HashSet::new()),
             requests: Mutex::new(Vec::new()),
@@ -124,6 +134,16 @@ impl Receiver {
     /// Sets the status returned to verified requests from now on, to imitate a failing endpoint.
     pub fn respond_with(&self, status: StatusCode) {
         self.state.status.store(status.as_u16(), Ordering::Relaxed);
+    }
+
+    /// Answers the first `attempts` requests for each `webhook-id` with `status` (and a
+    /// `Retry-After` header when given), then as usual: an endpoint that recovers.
+    pub fn fail_first(&self, attempts: u32, status: StatusCode, retry_after: Option<&str>) {
+        *lock(&self.state.failure_plan) = Some(FailurePlan {
+            attempts,
+            status,
+            retry_after: retry_after.map(str::to_owned),
+        });
     }
 
     /// Delays every response from now on, to imitate a slow endpoint.
@@ -200,15 +220,22 @@ async fn handle(
         .verifier
         .verify(&parts.headers, &body)
         .map(|verified| verified.id);
+    let (status, retry_after) = match &verification {
+        Err(_) => (StatusCode::UNAUTHORIZED, None),
+        Ok(id) => state.planned_response(id),
+    };
+    // Only an accepted request marks its id as seen: a retry after a failure is not a duplicate.
     let duplicate = match &verification {
-        Ok(id) => !lock(&state.seen).insert(id.clone()),
-        Err(_) => false,
+        Ok(id) if status.is_success() => !lock(&state.seen).insert(id.clone()),
+        _ => false,
     };
-    match (&verification, duplicate) {
-        (Err(_), _) => state.counts.invalid.fetch_add(1, Ordering::Relaxed),
-        (Ok(_), true) => state.counts.duplicates.fetch_add(1, Ordering::Relaxed),
-        (Ok(_), false) => state.counts.verified.fetch_add(1, Ordering::Relaxed),
+    let counter = match (&verification, status.is_success(), duplicate) {
+        (Err(_), _, _) => &state.counts.invalid,
+        (Ok(_), false, _) => &state.counts.failed,
+        (Ok(_), true, true) => &state.counts.duplicates,
+        (Ok(_), true, false) => &state.counts.verified,
     };
+    counter.fetch_add(1, Ordering::Relaxed);
 
     if let Some(log) = &state.log {
         let line = LogLine {
@@ -216,6 +243,7 @@ async fn handle(
             webhook_id: verification.as_ref().ok().map(String::as_str),
             verified: verification.is_ok(),
             error: verification.as_ref().err().map(ToString::to_string),
+            status: status.as_u16(),
             duplicate,
             body: String::from_utf8_lossy(&body),
         };
@@ -226,24 +254,53 @@ async fn handle(
         }
     }
 
-    let status = if verification.is_err() {
-        StatusCode::UNAUTHORIZED
-    } else {
-        StatusCode::from_u16(state.status.load(Ordering::Relaxed)).unwrap_or(StatusCode::NO_CONTENT)
-    };
     if state.keep_requests {
         lock(&state.requests).push(ReceivedRequest {
             headers: parts.headers,
             body,
             verification,
             duplicate,
+            status,
+            received_at: std::time::Instant::now(),
         });
     }
-    Ok(respond(status))
+    let mut response = respond(status);
+    if let Some(value) =
+        retry_after.and_then(|value| hyper::header::HeaderValue::from_str(&value).ok())
+    {
+        response
+            .headers_mut()
+            .insert(hyper::header::RETRY_AFTER, value);
+    }
+    Ok(response)
 }
 
 fn respond(status: StatusCode) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = status;
     response
+}
+
+/// Failures planned for the first attempts of each id.
+struct FailurePlan {
+    attempts: u32,
+    status: StatusCode,
+    retry_after: Option<String>,
+}
+
+impl State {
+    /// Returns the status (and `Retry-After`) for a verified request with this id.
+    fn planned_response(&self, id: &str) -> (StatusCode, Option<String>) {
+        if let Some(plan) = lock(&self.failure_plan).as_ref() {
+            let mut attempts = lock(&self.attempts_by_id);
+            let count = attempts.entry(id.to_owned()).or_default();
+            *count += 1;
+            if *count <= plan.attempts {
+                return (plan.status, plan.retry_after.clone());
+            }
+        }
+        let status = StatusCode::from_u16(self.status.load(Ordering::Relaxed))
+            .unwrap_or(StatusCode::NO_CONTENT);
+        (status, None)
+    }
 }
