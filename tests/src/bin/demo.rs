@@ -1,11 +1,14 @@
 //! `herald-demo`: Herald end to end on the sample events against a local Kafka. It starts the
 //! router, the sender and one reference receiver per example subscription, publishes the banking
-//! events as a core banking system would, waits for every expected delivery, then publishes the
-//! hostile events and shows what was rejected and why. Exits non-zero if anything is missing.
+//! events as a core banking system would, and waits for every expected delivery. One receiver
+//! fails the first two attempts of each webhook and recovers through the retry tiers; another
+//! always fails, so its deliveries end in the dead-letter topic. Then it publishes the hostile
+//! records and shows what was rejected and why. Exits non-zero if anything is missing.
 //!
 //! Run it through `scripts/demo.sh`, which builds Herald and starts and stops the broker.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -13,6 +16,7 @@ use herald_tests::kafka::{header, publish, read_topic};
 use herald_tests::samples::{bad_events, banking_events};
 use herald_tests::scenario::Scenario;
 use herald_tests::wait;
+use http::StatusCode;
 
 const TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -21,7 +25,13 @@ const SUBSCRIPTIONS: &[(&str, &[&str])] = &[
     ("ledger", &["payment.*"]),
     ("crm", &["client.*"]),
     ("audit", &["*"]),
+    ("risk", &["fraud.*", "portfolio.risk.*"]),
+    ("archive", &["document.*"]),
 ];
+/// Fails the first two attempts of every webhook, then accepts: it recovers through the tiers.
+const FLAKY: &str = "risk";
+/// Answers 503 to everything: its deliveries end in the dead-letter topic.
+const DEAD: &str = "archive";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -29,14 +39,24 @@ async fn main() -> anyhow::Result<()> {
     let scenario = Scenario::new("demo", SUBSCRIPTIONS)
         .await
         .context("setting up topics and receivers")?;
-    println!(
-        "Topics created with prefix {}",
-        scenario.topics.domain.trim_end_matches(".banking")
-    );
+    scenario
+        .endpoint(FLAKY)
+        .receiver
+        .fail_first(2, StatusCode::SERVICE_UNAVAILABLE, None);
+    scenario
+        .endpoint(DEAD)
+        .receiver
+        .respond_with(StatusCode::SERVICE_UNAVAILABLE);
+    println!("Retry tiers: 1s, 2s, 4s (short, for the demo; the default runs from 10s to 24h)");
     println!("Service logs: {}", scenario.folder.display());
     for endpoint in &scenario.endpoints {
+        let behaviour = match endpoint.name.as_str() {
+            FLAKY => "  (fails twice per webhook, then recovers)",
+            DEAD => "  (always answers 503)",
+            _ => "",
+        };
         println!(
-            "  receiver {:<11} http://{}  wants {}",
+            "  receiver {:<11} http://{}  wants {}{behaviour}",
             endpoint.name,
             endpoint.receiver.address(),
             endpoint.event_types.join(", ")
@@ -53,13 +73,22 @@ async fn main() -> anyhow::Result<()> {
     );
     publish(&scenario.topics.domain, &banking).await?;
     let (wanted, _) = scenario.expected(&banking);
-    let banking_result = wait::until("every expected delivery arrived", TIMEOUT, || {
-        scenario.all_arrived(&wanted)
-    })
-    .await;
+    let live = |wanted: &BTreeMap<String, BTreeSet<String>>| {
+        scenario
+            .endpoints
+            .iter()
+            .filter(|endpoint| endpoint.name != DEAD)
+            .all(|endpoint| endpoint.verified() >= wanted[&endpoint.name].len() as u64)
+    };
+    let banking_result =
+        wait::until("every expected delivery arrived", TIMEOUT, || live(&wanted)).await;
     router.check_running()?;
     sender.check_running()?;
     let banking_elapsed = started.elapsed();
+
+    let dead_expected = wanted[DEAD].len();
+    println!("Waiting for {dead_expected} deliveries to {DEAD} to use up their retries ...");
+    let dead_letters = read_topic(&scenario.topics.dlq, dead_expected, TIMEOUT)?;
 
     let hostile = bad_events()?;
     println!("Publishing {} hostile records ...", hostile.len());
@@ -73,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
         .count();
     let rejected = read_topic(&scenario.topics.rejected, expected_rejections, TIMEOUT)?;
     let hostile_result = wait::until("the valid hostile records arrived", TIMEOUT, || {
-        scenario.all_arrived(&wanted_all)
+        live(&wanted_all)
     })
     .await;
 
@@ -87,31 +116,70 @@ async fn main() -> anyhow::Result<()> {
         hostile.len()
     );
     println!(
-        "banking events delivered in {:.1} s",
+        "banking events delivered in {:.1} s (retries included)",
         banking_elapsed.as_secs_f64()
     );
     println!(
-        "\n{:<12} {:>9} {:>9} {:>11} {:>11}",
-        "receiver", "expected", "received", "duplicates", "bad sigs"
+        "\n{:<12} {:>9} {:>9} {:>11} {:>11} {:>9} {:>13}",
+        "receiver", "expected", "received", "duplicates", "bad sigs", "failed", "dead letters"
     );
     let mut complete = true;
     for endpoint in &scenario.endpoints {
         let counts = endpoint.receiver.counts();
-        let expected = wanted_all.get(&endpoint.name).map_or(0, |ids| ids.len());
+        let expected = wanted_all.get(&endpoint.name).map_or(0, BTreeSet::len);
         let received = endpoint.verified();
-        let invalid = counts.invalid.load(std::sync::atomic::Ordering::Relaxed);
-        complete &= received == expected as u64 && invalid == 0;
+        let invalid = counts.invalid.load(Ordering::Relaxed);
+        let dead = dead_letters
+            .iter()
+            .filter(|m| {
+                header(m, "herald-subscription-id").as_deref() == Some(endpoint.name.as_str())
+            })
+            .count();
+        let (expected_received, expected_dead) = if endpoint.name == DEAD {
+            (0, dead_expected)
+        } else {
+            (expected as u64, 0)
+        };
+        complete &= received == expected_received && invalid == 0 && dead == expected_dead;
         println!(
-            "{:<12} {:>9} {:>9} {:>11} {:>11}",
+            "{:<12} {:>9} {:>9} {:>11} {:>11} {:>9} {:>13}",
             endpoint.name,
             expected,
             received,
-            counts.duplicates.load(std::sync::atomic::Ordering::Relaxed),
-            invalid
+            counts.duplicates.load(Ordering::Relaxed),
+            invalid,
+            counts.failed.load(Ordering::Relaxed),
+            dead
         );
     }
-    println!("(every received request had its signature verified with its subscription's secret;");
-    println!(" a duplicate is a repeated webhook-id, which the receiver acknowledged and dropped)");
+    println!(
+        "(every request had its signature verified with its subscription's secret; a duplicate"
+    );
+    println!(
+        " is a repeated webhook-id, acknowledged and dropped; failed counts the 503s answered)"
+    );
+    println!(
+        "\n{DEAD}'s deliveries were dead-lettered after 4 attempts (reason {}).",
+        dead_letters
+            .first()
+            .and_then(|m| header(m, "herald-dead-letter-reason"))
+            .unwrap_or_default()
+    );
+    println!("Redrive them once the endpoint is healthy with:");
+    println!("  herald dlq redrive --subscription {DEAD} --config <file>");
+
+    let flaky_event = banking
+        .iter()
+        .filter_map(|record| record.id_and_type())
+        .find(|(_, event_type)| event_type.starts_with("fraud."))
+        .map(|(id, _)| id);
+    if let Some(event_id) = flaky_event {
+        println!("\nThe history of one delivery to {FLAKY} (herald history {FLAKY}:{event_id}):");
+        let (_, history) = scenario.command(&["history", &format!("{FLAKY}:{event_id}")], &[])?;
+        for line in history.lines() {
+            println!("  {line}");
+        }
+    }
 
     println!(
         "\nrejected events: {} of {} expected",
@@ -155,7 +223,7 @@ async fn main() -> anyhow::Result<()> {
     hostile_result?;
     anyhow::ensure!(
         complete,
-        "some receivers are missing deliveries or saw invalid signatures"
+        "some receivers are missing deliveries, saw invalid signatures or lack dead letters"
     );
     anyhow::ensure!(
         by_offset.len() == expected_rejections,
