@@ -104,7 +104,7 @@ impl Scenario {
             r#"[kafka]
 bootstrap_servers = "{bootstrap}"
 
-[kafka.client]
+[kafka.consumer]
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "1000"
 

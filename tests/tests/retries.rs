@@ -1,7 +1,7 @@
-//! Retries on the real broker with a short schedule (1s, 2s, 4s): recovery through the tiers, dead
-//! letters with their history and redrive, Retry-After, 410 Gone, a forwarder holding a tier
-//! longer than max.poll.interval.ms, SIGKILL during retries, and healthy subscriptions flowing
-//! while another fails.
+//! Retries on the real broker with a short schedule (1s, 2s, 4s). The tests cover recovery through
+//! the tiers, dead letters with their history and redrive, Retry-After and 410 Gone. They also
+//! cover a forwarder holding a tier longer than max.poll.interval.ms, SIGKILL during retries, and
+//! healthy subscriptions flowing while another fails.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -301,7 +301,7 @@ async fn forwarder_stays_in_group_through_long_tier() -> anyhow::Result<()> {
     // A 12 s tier, longer than a max.poll.interval.ms of 7 s.
     let environment = [
         ("HERALD__RETRY__TIERS", "12s"),
-        ("HERALD__KAFKA__CLIENT__MAX_POLL_INTERVAL_MS", "7000"),
+        ("HERALD__KAFKA__CONSUMER__MAX_POLL_INTERVAL_MS", "7000"),
     ];
     let (applied, output) = scenario.command(&["topics", "apply"], &environment)?;
     assert!(applied, "{output}");

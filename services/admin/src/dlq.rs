@@ -87,7 +87,7 @@ impl DeadLetter {
     }
 }
 
-/// Which dead letters to take; an empty field matches everything.
+/// A selection of dead letters; an empty field matches everything.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub subscription_id: Option<String>,

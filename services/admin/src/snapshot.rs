@@ -13,7 +13,7 @@ use herald_core::config::KafkaConfig;
 use herald_core::kafka;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest a read may go without a record before it gives up.
+/// The maximum time a read may go without a record before it fails.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]

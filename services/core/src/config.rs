@@ -55,9 +55,16 @@ pub struct KafkaConfig {
     pub bootstrap_servers: String,
     /// How long a produce may keep retrying before it fails for good, in milliseconds.
     pub produce_timeout_ms: u64,
-    /// librdkafka settings passed through unchanged, such as `security.protocol`. In environment
-    /// variables write underscores for the dots: `HERALD__KAFKA__CLIENT__SECURITY_PROTOCOL`.
+    /// librdkafka settings for every client, passed through unchanged, such as
+    /// `security.protocol`. In environment variables write underscores for the dots:
+    /// `HERALD__KAFKA__CLIENT__SECURITY_PROTOCOL`.
     pub client: BTreeMap<String, String>,
+    /// librdkafka settings for consumers only, such as `session.timeout.ms`
+    /// (`HERALD__KAFKA__CONSUMER__SESSION_TIMEOUT_MS`).
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka settings for producers only, such as `linger.ms`
+    /// (`HERALD__KAFKA__PRODUCER__LINGER_MS`).
+    pub producer: BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -66,6 +73,8 @@ impl Default for KafkaConfig {
             bootstrap_servers: DEFAULT_BOOTSTRAP_SERVERS.to_owned(),
             produce_timeout_ms: DEFAULT_PRODUCE_TIMEOUT_MS,
             client: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+            producer: BTreeMap::new(),
         }
     }
 }
@@ -325,6 +334,7 @@ impl HeraldConfig {
         environment: HashMap<String, String>,
     ) -> Result<Self, ConfigError> {
         let (client_settings, environment) = split_client_settings(environment);
+        let [client_settings, consumer_settings, producer_settings] = client_settings;
         let mut builder = config::Config::builder();
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file));
@@ -344,6 +354,8 @@ impl HeraldConfig {
             .and_then(config::Config::try_deserialize)
             .map_err(ConfigError::Load)?;
         loaded.kafka.client.extend(client_settings);
+        loaded.kafka.consumer.extend(consumer_settings);
+        loaded.kafka.producer.extend(producer_settings);
         let problems = loaded.problems();
         if problems.is_empty() {
             Ok(loaded)
@@ -467,26 +479,29 @@ impl HeraldConfig {
     }
 }
 
-/// Takes the `HERALD__KAFKA__CLIENT__*` variables out of the environment. Their keys are
-/// librdkafka settings whose dots cannot appear in variable names, so
+/// Takes the `HERALD__KAFKA__{CLIENT,CONSUMER,PRODUCER}__*` variables out of the environment.
+/// Their keys are librdkafka settings whose dots cannot appear in variable names, so
 /// `HERALD__KAFKA__CLIENT__SECURITY_PROTOCOL` stands for `security.protocol`.
 fn split_client_settings(
     environment: HashMap<String, String>,
-) -> (BTreeMap<String, String>, HashMap<String, String>) {
-    const CLIENT_PREFIX: &str = "HERALD__KAFKA__CLIENT__";
-    let mut client = BTreeMap::new();
+) -> ([BTreeMap<String, String>; 3], HashMap<String, String>) {
+    const PREFIXES: [&str; 3] = [
+        "HERALD__KAFKA__CLIENT__",
+        "HERALD__KAFKA__CONSUMER__",
+        "HERALD__KAFKA__PRODUCER__",
+    ];
+    let mut settings: [BTreeMap<String, String>; 3] = Default::default();
     let mut rest = HashMap::new();
-    for (name, value) in environment {
-        match name.strip_prefix(CLIENT_PREFIX) {
-            Some(key) => {
-                client.insert(key.to_lowercase().replace('_', "."), value);
-            }
-            None => {
-                rest.insert(name, value);
+    'variables: for (name, value) in environment {
+        for (prefix, target) in PREFIXES.iter().zip(settings.iter_mut()) {
+            if let Some(key) = name.strip_prefix(prefix) {
+                target.insert(key.to_lowercase().replace('_', "."), value);
+                continue 'variables;
             }
         }
+        rest.insert(name, value);
     }
-    (client, rest)
+    (settings, rest)
 }
 
 fn require_positive(problems: &mut Problems, key: &str, value: u64) {
@@ -541,6 +556,7 @@ mod tests {
                 ),
                 ("HERALD__SENDER__MAX_IN_FLIGHT", "7"),
                 ("HERALD__KAFKA__CLIENT__SECURITY_PROTOCOL", "ssl"),
+                ("HERALD__KAFKA__CONSUMER__SESSION_TIMEOUT_MS", "6000"),
                 ("UNRELATED", "x"),
             ]),
         )
@@ -558,6 +574,43 @@ mod tests {
                 .get("security.protocol")
                 .map(String::as_str),
             Some("ssl")
+        );
+        assert_eq!(
+            config
+                .kafka
+                .consumer
+                .get("session.timeout.ms")
+                .map(String::as_str),
+            Some("6000")
+        );
+        assert!(config.kafka.producer.is_empty());
+    }
+
+    #[test]
+    fn example_configuration_loads() {
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/herald.example.toml"
+        );
+        let config = HeraldConfig::load_with_environment(Some(Path::new(example)), HashMap::new())
+            .expect("example loads");
+        assert_eq!(config.router.source_topics, ["banking.events"]);
+        assert_eq!(config.retry.schedule().map(|s| s.tiers().len()), Ok(8));
+    }
+
+    #[test]
+    fn invalid_retry_schedule_is_named() {
+        let error = HeraldConfig::load_with_environment(
+            None,
+            environment(&[("HERALD__RETRY__TIERS", "1m,30s")]),
+        )
+        .expect_err("falling delays");
+        let ConfigError::Invalid(problems) = error else {
+            panic!("expected invalid values, got {error:?}");
+        };
+        assert_eq!(
+            problems.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
+            ["retry.tiers"]
         );
     }
 

@@ -24,9 +24,14 @@ fn base(kafka: &KafkaConfig) -> ClientConfig {
     config
 }
 
-/// Applies `kafka.client` last, so an operator can override any setting Herald chose.
-fn with_overrides(mut config: ClientConfig, kafka: &KafkaConfig) -> ClientConfig {
-    for (key, value) in &kafka.client {
+/// Applies `kafka.client` and then the settings for this kind of client last, so an operator can
+/// override any setting Herald chose.
+fn with_overrides(
+    mut config: ClientConfig,
+    kafka: &KafkaConfig,
+    specific: &std::collections::BTreeMap<String, String>,
+) -> ClientConfig {
+    for (key, value) in kafka.client.iter().chain(specific) {
         config.set(key, value);
     }
     config
@@ -42,7 +47,7 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("queued.max.messages.kbytes", CONSUMER_QUEUE_KILOBYTES);
-    with_overrides(config, kafka)
+    with_overrides(config, kafka, &kafka.consumer)
 }
 
 /// Settings of an idempotent producer whose produce fails for good after `produce_timeout_ms`.
@@ -54,12 +59,12 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("linger.ms", PRODUCER_LINGER_MS)
         .set("compression.type", "lz4")
         .set("message.timeout.ms", kafka.produce_timeout_ms.to_string());
-    with_overrides(config, kafka)
+    with_overrides(config, kafka, &kafka.producer)
 }
 
 /// Settings of an admin client.
 pub fn admin_config(kafka: &KafkaConfig) -> ClientConfig {
-    with_overrides(base(kafka), kafka)
+    with_overrides(base(kafka), kafka, &std::collections::BTreeMap::new())
 }
 
 /// Creates the producer every service uses.

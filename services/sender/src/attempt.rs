@@ -16,10 +16,10 @@ use crate::client::{HttpResponse, WebhookClient};
 
 const HERALD_USER_AGENT: &str = concat!("Herald/", env!("CARGO_PKG_VERSION"));
 
-/// What the endpoint did with one attempt.
+/// The result of one attempt: the endpoint's response, or the error that prevented one.
 pub type AttemptResult = Result<HttpResponse, AttemptError>;
 
-/// Why an attempt got no HTTP status.
+/// The error of an attempt that got no HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AttemptError {
     #[error("timed out")]
@@ -72,8 +72,8 @@ pub async fn attempt(
         .header("webhook-id", input.webhook_id)
         .header("webhook-timestamp", timestamp.to_string())
         .header("webhook-signature", signature);
-    // Trace context is forwarded only when it is a valid header value; the router has already
-    // refused control characters in ids, and these headers come from the publisher.
+    // Trace context comes from the publisher unchecked, so it is forwarded only when it is a
+    // valid header value.
     for (name, value) in [
         ("traceparent", input.traceparent),
         ("tracestate", input.tracestate),

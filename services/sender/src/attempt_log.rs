@@ -60,3 +60,49 @@ impl<'a> AttemptRecord<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use http::StatusCode;
+
+    use super::*;
+    use crate::client::HttpResponse;
+
+    const SCHEMA: &str = include_str!("../../../schemas/attempt.schema.json");
+
+    #[test]
+    fn record_matches_its_published_schema() {
+        let schema: serde_json::Value = serde_json::from_str(SCHEMA).expect("valid schema");
+        let result: AttemptResult = Ok(HttpResponse {
+            status: StatusCode::OK,
+            retry_after: None,
+        });
+        let record = AttemptRecord::new(
+            ("ledger:evt_1", "ledger", "evt_1", Some("payment.settled")),
+            1,
+            SystemTime::now(),
+            Duration::from_millis(12),
+            &result,
+        );
+        let value = serde_json::to_value(&record).expect("serializable");
+        let written: BTreeSet<&str> = value
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let described: BTreeSet<&str> = schema["properties"]
+            .as_object()
+            .expect("properties")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(written, described);
+        for required in schema["required"].as_array().expect("required") {
+            let name = required.as_str().expect("a name");
+            assert!(!value[name].is_null(), "{name} is required");
+        }
+    }
+}

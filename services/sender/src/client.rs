@@ -72,7 +72,7 @@ impl WebhookClient {
     }
 }
 
-/// What an endpoint answered.
+/// The parts of an endpoint's response that decide the outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpResponse {
     pub status: StatusCode,

@@ -172,7 +172,7 @@ mod tests {
     }
 
     #[test]
-    fn headers_do_not_grow_through_retry_and_dead_letter() {
+    fn headers_do_not_grow_on_repeat() {
         let result: AttemptResult = Err(AttemptError::Timeout);
         let once = headers(
             None,

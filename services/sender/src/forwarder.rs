@@ -24,7 +24,7 @@ use herald_core::offsets::{OffsetTracker, TopicPartition};
 
 use crate::run::SenderError;
 
-/// The longest the loop waits without polling Kafka.
+/// The maximum time the loop waits without polling Kafka.
 const MAX_IDLE: Duration = Duration::from_secs(1);
 
 struct Held {

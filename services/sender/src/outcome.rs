@@ -13,20 +13,20 @@ use crate::attempt::AttemptResult;
 /// The next step for a delivery after an attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The endpoint answered 2xx.
+    /// The endpoint responded with 2xx.
     Delivered,
     /// Try again later; not before `wait_at_least` when the endpoint asked for a wait.
     Retry { wait_at_least: Option<Duration> },
-    /// The endpoint answered 410 Gone: disable the subscription and dead-letter the delivery.
+    /// The endpoint responded with 410 Gone: disable the subscription and dead-letter the delivery.
     Disable,
 }
 
-/// Why a delivery was dead-lettered; the value of `herald-dead-letter-reason`.
+/// The reason a delivery was dead-lettered: the value of `herald-dead-letter-reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeadLetterReason {
     /// Every tier of the retry schedule was used and the last attempt failed too.
     RetriesExhausted,
-    /// The endpoint answered 410 Gone: it asked for no more deliveries.
+    /// The endpoint responded with 410 Gone, which requests no more deliveries.
     Gone,
     /// The delivery names a subscription that does not exist.
     SubscriptionNotFound,
