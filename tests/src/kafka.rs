@@ -13,8 +13,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::samples::SampleRecord;
 
-/// Returns the broker under test: `KAFKA_BOOTSTRAP_SERVERS`, or the one `deploy/local/kafka.sh`
-/// starts.
+/// Returns the broker under test: `KAFKA_BOOTSTRAP_SERVERS`, or the local broker's default
+/// address. The scripts set the variable from `deploy/local/kafka.sh bootstrap`.
 pub fn bootstrap_servers() -> String {
     std::env::var("KAFKA_BOOTSTRAP_SERVERS")
         .unwrap_or_else(|_| herald_core::config::DEFAULT_BOOTSTRAP_SERVERS.to_owned())

@@ -74,12 +74,21 @@ pub fn producer(kafka: &KafkaConfig) -> rdkafka::error::KafkaResult<FutureProduc
 
 /// A consumer context that counts assignment generations per partition, so that work started
 /// under an earlier assignment is recognised after a rebalance. See [`crate::offsets`].
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct GenerationContext {
+    group_id: Arc<str>,
     generations: Arc<Mutex<HashMap<TopicPartition, u64>>>,
 }
 
 impl GenerationContext {
+    /// Creates the context of a consumer in `group_id`, which its rebalance logs name.
+    pub fn new(group_id: &str) -> Self {
+        Self {
+            group_id: Arc::from(group_id),
+            generations: Arc::default(),
+        }
+    }
+
     /// Returns the current generation of a partition.
     pub fn generation(&self, topic: &str, partition: i32) -> u64 {
         let generations = self
@@ -110,7 +119,7 @@ impl ClientContext for GenerationContext {}
 impl ConsumerContext for GenerationContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
-            tracing::info!(partitions = partitions.count(), "partitions revoked");
+            tracing::info!(group_id = %self.group_id, partitions = partitions.count(), "partitions revoked");
             self.advance(partitions);
         }
     }
@@ -118,11 +127,13 @@ impl ConsumerContext for GenerationContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
-                tracing::info!(partitions = partitions.count(), "partitions assigned");
+                tracing::info!(group_id = %self.group_id, partitions = partitions.count(), "partitions assigned");
                 self.advance(partitions);
             }
             Rebalance::Revoke(_) => {}
-            Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
+            Rebalance::Error(error) => {
+                tracing::warn!(group_id = %self.group_id, %error, "rebalance failed")
+            }
         }
     }
 }

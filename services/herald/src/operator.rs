@@ -29,6 +29,15 @@ pub enum DlqCommand {
     },
 }
 
+/// The values of `herald-dead-letter-reason`.
+const REASONS: [&str; 5] = [
+    "retries_exhausted",
+    "gone",
+    "subscription_not_found",
+    "subscription_disabled",
+    "malformed_delivery",
+];
+
 #[derive(Args)]
 pub struct FilterArguments {
     /// Only this subscription.
@@ -37,9 +46,8 @@ pub struct FilterArguments {
     /// Only this event type, or a family such as `payment.*`.
     #[arg(long)]
     event_type: Option<String>,
-    /// Only this reason: retries_exhausted, gone, subscription_not_found, subscription_disabled,
-    /// malformed_delivery.
-    #[arg(long)]
+    /// Only this reason.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(REASONS))]
     reason: Option<String>,
     /// Only dead letters written at or after this RFC 3339 time, such as 2026-12-04T10:00:00Z.
     #[arg(long, value_parser = parse_time)]
@@ -171,6 +179,10 @@ pub fn run_history(
     delivery_id: &str,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        delivery_id.contains(':'),
+        "invalid delivery id {delivery_id:?}: write <subscription id>:<event id>, such as ledger:evt_8d2ab5402d0705275f3f"
+    );
     let attempts = history::attempts(config, delivery_id)?;
     if attempts.is_empty() {
         println!(

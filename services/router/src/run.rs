@@ -60,14 +60,19 @@ pub async fn run(
     }
     let consumer: StreamConsumer<GenerationContext> =
         kafka::consumer_config(&config.kafka, &config.router.group_id)
-            .create_with_context(GenerationContext::default())
+            .create_with_context(GenerationContext::new(&config.router.group_id))
             .map_err(RouterError::Consumer)?;
     consumer
         .subscribe(&topics)
         .map_err(RouterError::Subscribe)?;
     let producer = kafka::producer(&config.kafka).map_err(RouterError::Producer)?;
 
-    tracing::info!(source_topics = ?topics, subscriptions = subscriptions.len(), "router started");
+    tracing::info!(
+        bootstrap_servers = %config.kafka.bootstrap_servers,
+        source_topics = ?topics,
+        subscriptions = subscriptions.len(),
+        "router started"
+    );
     let settings = StageSettings {
         name: "router",
         max_in_flight: config.router.max_in_flight_events,

@@ -232,6 +232,10 @@ fn dead_letter_record(
             .last_result
             .and_then(|r| r.as_ref().err())
             .map(|e| e.class()),
+        error_detail = history
+            .last_result
+            .and_then(|r| r.as_ref().err())
+            .map(ToString::to_string),
         "delivery dead-lettered"
     );
     NextRecord {

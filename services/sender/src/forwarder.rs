@@ -55,6 +55,7 @@ pub(crate) async fn run_forwarder(
     producer: &FutureProducer,
     deliveries_topic: &str,
     shutdown: impl Future<Output = ()>,
+    shutdown_timeout: Duration,
 ) -> Result<(), SenderError> {
     let context = consumer.context().clone();
     let (forwarded_sender, mut forwarded_receiver) = mpsc::unbounded_channel::<Forwarded>();
@@ -110,16 +111,27 @@ pub(crate) async fn run_forwarder(
         "stopping: waiting for forwarded records"
     );
     // Held records that are not due stay on their tier: the next owner reads them again.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while let Ok(Some(forwarded)) =
-        tokio::time::timeout_at(deadline, forwarded_receiver.recv()).await
-    {
-        record_forwarded(consumer, &mut tracker, forwarded)?;
+    let deadline = tokio::time::Instant::now() + shutdown_timeout;
+    while forwards_in_flight(&tracker, &holds) > 0 {
+        match tokio::time::timeout_at(deadline, forwarded_receiver.recv()).await {
+            Ok(Some(forwarded)) => record_forwarded(consumer, &mut tracker, forwarded)?,
+            Ok(None) | Err(_) => break,
+        }
     }
     if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(stage = "forwarder", %error, "final commit skipped");
     }
     Ok(())
+}
+
+/// Counts records sent to the deliveries topic whose acknowledgement has not arrived: every
+/// tracked record that is not still held.
+fn forwards_in_flight(
+    tracker: &OffsetTracker,
+    holds: &HashMap<TopicPartition, PartitionHold>,
+) -> usize {
+    let held: usize = holds.values().map(|hold| hold.records.len()).sum();
+    tracker.in_flight().saturating_sub(held)
 }
 
 /// Returns how long to wait before the earliest held record is due, at most [`MAX_IDLE`].

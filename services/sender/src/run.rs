@@ -53,7 +53,7 @@ fn consumer(
 ) -> Result<StreamConsumer<GenerationContext>, SenderError> {
     let consumer: StreamConsumer<GenerationContext> =
         kafka::consumer_config(&config.kafka, group_id)
-            .create_with_context(GenerationContext::default())
+            .create_with_context(GenerationContext::new(group_id))
             .map_err(SenderError::Consumer)?;
     consumer
         .subscribe(topics)
@@ -106,6 +106,7 @@ pub async fn run(
         jitter_hasher: std::collections::hash_map::RandomState::new(),
     });
     tracing::info!(
+        bootstrap_servers = %config.kafka.bootstrap_servers,
         topic = %config.topics.deliveries,
         tiers = ?tier_topics,
         subscriptions = shared.subscriptions.len(),
@@ -147,6 +148,7 @@ pub async fn run(
             &producer,
             &config.topics.deliveries,
             stopped(stop_receiver.clone()),
+            Duration::from_millis(config.sender.shutdown_timeout_ms),
         )
         .await;
         let _ = stop_sender.send(true);

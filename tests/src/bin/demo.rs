@@ -165,8 +165,10 @@ async fn main() -> anyhow::Result<()> {
             .and_then(|m| header(m, "herald-dead-letter-reason"))
             .unwrap_or_default()
     );
-    println!("Redrive them once the endpoint is healthy with:");
-    println!("  herald dlq redrive --subscription {DEAD} --config <file>");
+    println!(
+        "In a running deployment, an operator redrives them once the endpoint is healthy with"
+    );
+    println!("`herald dlq redrive --subscription {DEAD}` (see docs/retries.md).");
 
     let flaky_event = banking
         .iter()
