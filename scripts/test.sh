@@ -24,6 +24,10 @@ cargo build --workspace --bins
 log=$(mktemp)
 cargo test --workspace 2>&1 | tee "$log"
 
+# A short load-test run that checks the harness's own accounting: nothing missing, no
+# unexplained duplicates, every signature valid. Long runs stay out of CI.
+target/debug/herald-loadtest loadtest/scenarios/ci-smoke.toml --out out/loadtest-ci
+
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
 rm -f "$log"

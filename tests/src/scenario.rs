@@ -16,6 +16,16 @@ use crate::kafka::{bootstrap_servers, unique_name};
 use crate::process::HeraldProcess;
 use crate::samples::SampleRecord;
 
+/// Choices for [`Scenario::with_options`]; the defaults suit functional tests.
+#[derive(Default, Clone)]
+pub struct ScenarioOptions {
+    /// Keep no request in memory (a load test sees each one through `hook` instead).
+    pub forget_requests: bool,
+    pub hook: Option<herald_verify::receiver::RequestHook>,
+    /// Partitions of the deliveries topic (4 unless set).
+    pub deliveries_partitions: Option<i32>,
+}
+
 /// A subscription of the scenario and the receiver behind it.
 pub struct Endpoint {
     pub name: String,
@@ -63,6 +73,15 @@ impl Scenario {
     /// Creates topics, receivers and configuration for subscriptions given as
     /// `(name, event types)`.
     pub async fn new(name: &str, subscriptions: &[(&str, &[&str])]) -> anyhow::Result<Self> {
+        Self::with_options(name, subscriptions, ScenarioOptions::default()).await
+    }
+
+    /// Like [`Scenario::new`], with receiver and topic options for load tests.
+    pub async fn with_options(
+        name: &str,
+        subscriptions: &[(&str, &[&str])],
+        options: ScenarioOptions,
+    ) -> anyhow::Result<Self> {
         let prefix = unique_name(&format!("{name}-"));
         let folder = std::env::temp_dir().join("herald-tests").join(&prefix);
         std::fs::create_dir_all(&folder)
@@ -85,8 +104,9 @@ impl Scenario {
                 ReceiverOptions {
                     name: (*endpoint_name).to_owned(),
                     verifier: Verifier::new(vec![secret.clone()])?,
-                    keep_requests: true,
+                    keep_requests: !options.forget_requests,
                     log_file: None,
+                    hook: options.hook.clone(),
                 },
             )?;
             endpoints.push(Endpoint {
@@ -110,7 +130,7 @@ bootstrap_servers = "{bootstrap}"
 
 [topics]
 deliveries = "{deliveries}"
-deliveries_partitions = 4
+deliveries_partitions = {deliveries_partitions}
 rejected = "{rejected}"
 dlq = "{dlq}"
 attempts = "{attempts}"
@@ -142,6 +162,7 @@ forwarder_group_id = "{prefix}-forwarder"
             rejected = topics.rejected,
             dlq = topics.dlq,
             attempts = topics.attempts,
+            deliveries_partitions = options.deliveries_partitions.unwrap_or(4),
             domain = topics.domain,
             subscriptions = subscriptions_path.display(),
         );

@@ -12,7 +12,7 @@ mod forwarder;
 mod outcome;
 mod run;
 
-pub use attempt::{AttemptError, AttemptResult};
+pub use attempt::{AttemptError, AttemptInput, AttemptResult, attempt};
 pub use client::{HttpResponse, WebhookClient, retry_after};
 pub use outcome::{DeadLetterReason, Outcome, decide};
 pub use run::{SenderError, run};

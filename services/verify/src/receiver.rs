@@ -38,6 +38,19 @@ pub struct ReceivedRequest {
     pub received_at: std::time::Instant,
 }
 
+/// What a hook learns about each request, after the response status is chosen.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestSummary<'a> {
+    pub receiver: &'a str,
+    /// The `webhook-id` of a verified request.
+    pub webhook_id: Option<&'a str>,
+    pub status: StatusCode,
+    pub duplicate: bool,
+}
+
+/// A function called for every request, such as a load test's accounting.
+pub type RequestHook = Arc<dyn Fn(RequestSummary<'_>) + Send + Sync>;
+
 /// Counts of what the receiver saw.
 #[derive(Debug, Default)]
 pub struct Counts {
@@ -73,6 +86,7 @@ struct State {
     seen: Mutex<HashSet<String>>,
     requests: Mutex<Vec<ReceivedRequest>>,
     keep_requests: bool,
+    hook: Option<RequestHook>,
     log: Option<Mutex<std::fs::File>>,
 }
 
@@ -92,6 +106,8 @@ pub struct ReceiverOptions {
     pub keep_requests: bool,
     /// Append each request to this JSON-lines file.
     pub log_file: Option<std::path::PathBuf>,
+    /// Called for every request.
+    pub hook: Option<RequestHook>,
 }
 
 impl Receiver {
@@ -113,6 +129,7 @@ impl Receiver {
             seen: Mutex::new(HashSet::new()),
             requests: Mutex::new(Vec::new()),
             keep_requests: options.keep_requests,
+            hook: options.hook,
             log,
         });
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&state)));
@@ -236,6 +253,14 @@ async fn handle(
         (Ok(_), true, false) => &state.counts.verified,
     };
     counter.fetch_add(1, Ordering::Relaxed);
+    if let Some(hook) = &state.hook {
+        hook(RequestSummary {
+            receiver: &state.name,
+            webhook_id: verification.as_ref().ok().map(String::as_str),
+            status,
+            duplicate,
+        });
+    }
 
     if let Some(log) = &state.log {
         let line = LogLine {

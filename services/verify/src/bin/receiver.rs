@@ -58,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
             verifier: Verifier::new(secrets)?,
             keep_requests: false,
             log_file: arguments.log_file,
+            hook: None,
         },
     )?;
     println!(

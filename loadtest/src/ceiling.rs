@@ -1,0 +1,124 @@
+//! The ceiling: the same signed requests sent straight from Herald's HTTP client stack to the
+//! same kind of receivers, with no Kafka in between. Herald's throughput is reported as a fraction
+//! of this.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use herald_core::subscription::{SubscriptionSpec, SubscriptionTable};
+use herald_sender::{AttemptInput, WebhookClient, attempt};
+use herald_verify::receiver::{Receiver, ReceiverOptions};
+use herald_verify::{Secret, Verifier};
+
+use crate::stats::{self, Percentiles};
+
+/// What the bare HTTP path achieved.
+#[derive(Debug, Clone, Serialize)]
+pub struct CeilingResult {
+    pub requests: u64,
+    pub failures: u64,
+    pub duration_s: f64,
+    pub throughput_per_s: f64,
+    pub latency: Percentiles,
+}
+
+/// Sends `requests` signed POSTs of `body`, spread over `endpoints` fresh receivers that add
+/// `latency`, with at most `concurrency` in flight.
+pub async fn measure(
+    endpoints: usize,
+    requests: u64,
+    concurrency: usize,
+    latency: Duration,
+    body: Bytes,
+) -> anyhow::Result<CeilingResult> {
+    let secret = Secret::from_bytes(vec![7; 32])?;
+    let mut receivers = Vec::with_capacity(endpoints);
+    let mut specs = Vec::with_capacity(endpoints);
+    for index in 0..endpoints {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let receiver = Receiver::start(
+            listener,
+            ReceiverOptions {
+                name: format!("ceiling{index}"),
+                verifier: Verifier::new(vec![secret.clone()])?,
+                keep_requests: false,
+                log_file: None,
+                hook: None,
+            },
+        )?;
+        receiver.delay_responses(latency);
+        specs.push(SubscriptionSpec {
+            id: format!("ceiling{index}"),
+            description: String::new(),
+            url: format!("http://{}/webhooks", receiver.address()),
+            event_types: vec!["*".to_owned()],
+            secrets: vec![secret.expose()],
+            enabled: true,
+            timeout_ms: None,
+        });
+        receivers.push(receiver);
+    }
+    let table = Arc::new(
+        SubscriptionTable::from_specs(&specs, true)
+            .map_err(|problems| anyhow::anyhow!("{problems}"))?,
+    );
+    let client = WebhookClient::new(Duration::from_secs(5), 16 * 1024);
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let latencies = Arc::new(std::sync::Mutex::new(stats::histogram()));
+    let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(requests as usize);
+    for index in 0..requests {
+        let permit = Arc::clone(&permits).acquire_owned().await?;
+        let (table, client, body) = (Arc::clone(&table), client.clone(), body.clone());
+        let (latencies, failures) = (Arc::clone(&latencies), Arc::clone(&failures));
+        tasks.push(tokio::spawn(async move {
+            let id = format!("ceiling{}", index as usize % endpoints);
+            let webhook_id = format!("ceiling-{index}");
+            let Some(subscription) = table.get(&id) else {
+                return;
+            };
+            let sent = Instant::now();
+            let input = AttemptInput {
+                webhook_id: &webhook_id,
+                body,
+                traceparent: None,
+                tracestate: None,
+            };
+            let result = attempt(&client, subscription, input).await;
+            let micros = (sent.elapsed().as_micros() as u64).max(1);
+            match result {
+                Ok(response) if response.status.is_success() => {
+                    let mut histogram = latencies
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    histogram.saturating_record(micros);
+                }
+                _ => {
+                    failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            drop(permit);
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let elapsed = started.elapsed();
+    let histogram = latencies
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let latency = stats::percentiles(&histogram);
+    Ok(CeilingResult {
+        requests,
+        failures: failures.load(std::sync::atomic::Ordering::Relaxed),
+        duration_s: elapsed.as_secs_f64(),
+        throughput_per_s: stats::rate(latency.count, elapsed),
+        latency,
+    })
+}

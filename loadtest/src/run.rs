@@ -1,0 +1,366 @@
+//! One load-test run: a Herald set-up with one reference receiver per subscription, events
+//! published at the scenario's rate, every delivery accounted for as it arrives, then the
+//! ceiling on the bare HTTP path.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::StatusCode;
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use herald_tests::kafka::bootstrap_servers;
+use herald_tests::samples::banking_events;
+use herald_tests::scenario::{Scenario, ScenarioOptions};
+use herald_verify::receiver::{RequestHook, RequestSummary};
+
+use crate::ceiling::{self, CeilingResult};
+use crate::procstat::{self, ProcessUsage};
+use crate::report::{Accounting, Report};
+use crate::scenario::{LoadScenario, Source};
+use crate::stats::LatencyRecorder;
+
+/// Time the services get to stop on SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// A hanging endpoint answers after this long, which is longer than any attempt timeout.
+const HANG: Duration = Duration::from_secs(3600);
+
+/// What the receivers' hook counts, shared with the monitor loop.
+struct Ledger {
+    started: Instant,
+    /// Intended send time of each event, in nanoseconds since `started`; `u64::MAX` until set.
+    intended_ns: Vec<AtomicU64>,
+    recorder: Mutex<LatencyRecorder>,
+    delivered: AtomicU64,
+    duplicates: AtomicU64,
+    invalid: AtomicU64,
+    refused: AtomicU64,
+    unknown: AtomicU64,
+    last_delivery_ns: AtomicU64,
+    /// When publishing began, in nanoseconds since `started`: the run's time zero.
+    publish_start_ns: AtomicU64,
+}
+
+impl Ledger {
+    fn observe(&self, summary: RequestSummary<'_>) {
+        if summary.status == StatusCode::UNAUTHORIZED {
+            self.invalid.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if !summary.status.is_success() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if summary.duplicate {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let index = summary
+            .webhook_id
+            .and_then(|id| id.rsplit('-').next())
+            .and_then(|number| number.parse::<usize>().ok());
+        let intended = index
+            .and_then(|i| self.intended_ns.get(i))
+            .map(|ns| ns.load(Ordering::Relaxed));
+        let Some(intended) = intended.filter(|&ns| ns != u64::MAX) else {
+            self.unknown.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let now = self.started.elapsed();
+        let latency = now.saturating_sub(Duration::from_nanos(intended));
+        let since_publish_start = now.saturating_sub(Duration::from_nanos(
+            self.publish_start_ns.load(Ordering::Relaxed),
+        ));
+        self.recorder
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .record(since_publish_start, latency);
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        self.last_delivery_ns
+            .fetch_max(since_publish_start.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Builds the events: `(key, value)` with ids `lt-<tag>-<index>`.
+fn build_events(scenario: &LoadScenario, tag: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut events = Vec::with_capacity(scenario.events);
+    match scenario.source {
+        Source::Synthetic => {
+            for index in 0..scenario.events {
+                let head = format!(
+                    r#"{{"eventId":"lt-{tag}-{index}","eventType":"loadtest.synthetic","timestamp":"2026-12-04T00:00:00Z","data":{{"pad":""#
+                );
+                let tail = r#""}}"#;
+                let padding = scenario
+                    .payload_bytes
+                    .saturating_sub(head.len() + tail.len());
+                let value = format!("{head}{}{tail}", "x".repeat(padding));
+                events.push((format!("CUST_{:05}", index % 5000), value.into_bytes()));
+            }
+        }
+        Source::Samples => {
+            let samples = banking_events()?;
+            anyhow::ensure!(!samples.is_empty(), "no sample events");
+            for index in 0..scenario.events {
+                let sample = &samples[index % samples.len()];
+                let mut value: serde_json::Value =
+                    serde_json::from_slice(sample.value.as_deref().unwrap_or_default())?;
+                value["eventId"] = serde_json::Value::String(format!("lt-{tag}-{index}"));
+                events.push((sample.key.clone(), serde_json::to_vec(&value)?));
+            }
+        }
+    }
+    Ok(events)
+}
+
+/// Runs `scenario` against a fresh Herald set-up on the local broker.
+pub async fn run(scenario: &LoadScenario, commit: &str) -> anyhow::Result<Report> {
+    let tag = format!("{}", std::process::id());
+    let ledger = Arc::new(Ledger {
+        started: Instant::now(),
+        intended_ns: (0..scenario.events)
+            .map(|_| AtomicU64::new(u64::MAX))
+            .collect(),
+        recorder: Mutex::new(LatencyRecorder::default()),
+        delivered: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        invalid: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
+        unknown: AtomicU64::new(0),
+        last_delivery_ns: AtomicU64::new(0),
+        publish_start_ns: AtomicU64::new(0),
+    });
+    let hook_ledger = Arc::clone(&ledger);
+    let hook: RequestHook = Arc::new(move |summary| hook_ledger.observe(summary));
+
+    let names: Vec<String> = (0..scenario.fanout)
+        .map(|index| format!("ep{index:03}"))
+        .collect();
+    let subscriptions: Vec<(&str, &[&str])> = names
+        .iter()
+        .map(|name| (name.as_str(), &["*"][..]))
+        .collect();
+    let options = ScenarioOptions {
+        forget_requests: true,
+        hook: Some(hook),
+        deliveries_partitions: Some(12),
+    };
+    let setup =
+        Scenario::with_options(&format!("lt-{}", scenario.name), &subscriptions, options).await?;
+    configure_endpoints(scenario, &setup);
+
+    let environment: Vec<(&str, &str)> = scenario
+        .herald_environment
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_str()))
+        .collect();
+    let mut router = setup.start_with("router", &environment)?;
+    let mut sender = setup.start_with("sender", &environment)?;
+
+    // Measure Herald at work, not starting: wait until the router's consumer and the sender's
+    // two consumers (deliveries and tiers) have their partitions.
+    let ready = herald_tests::wait::until(
+        "Herald's consumers have their partitions",
+        Duration::from_secs(60),
+        || {
+            router.log_tail().matches("partitions assigned").count() >= 1
+                && sender.log_tail().matches("partitions assigned").count() >= 2
+        },
+    )
+    .await;
+    router.check_running()?;
+    sender.check_running()?;
+    ready?;
+
+    let events = build_events(scenario, &tag)?;
+    let expected = scenario.expected_deliveries();
+    eprintln!(
+        "{}: {} events, fan-out {}, {} deliveries expected; service logs in {}",
+        scenario.name,
+        events.len(),
+        scenario.fanout,
+        expected,
+        setup.folder.display()
+    );
+    let publisher = tokio::spawn(publish(
+        setup.topics.domain.clone(),
+        events,
+        scenario.rate_per_s,
+        Arc::clone(&ledger),
+    ));
+
+    let deadline = Instant::now() + Duration::from_secs(scenario.timeout_s);
+    let mut usage = (ProcessUsage::default(), ProcessUsage::default());
+    let mut last_count = 0;
+    let mut complete = false;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        router.check_running()?;
+        sender.check_running()?;
+        usage = (procstat::usage(router.id()), procstat::usage(sender.id()));
+        let delivered = ledger.delivered.load(Ordering::Relaxed);
+        let p99 = ledger
+            .recorder
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .overall()
+            .p99_ms;
+        eprintln!(
+            "[{:>4}s] delivered {delivered}/{expected}  {}/s  p99 {p99:.1} ms  sender cpu {:.1}s",
+            ledger.started.elapsed().as_secs(),
+            delivered - last_count,
+            usage.1.cpu_seconds
+        );
+        last_count = delivered;
+        if delivered >= expected {
+            complete = true;
+            break;
+        }
+    }
+    let published = publisher.await??;
+    router.terminate(STOP_TIMEOUT)?;
+    sender.terminate(STOP_TIMEOUT)?;
+
+    let herald_duration = Duration::from_nanos(ledger.last_delivery_ns.load(Ordering::Relaxed));
+    let ceiling = if scenario.ceiling {
+        eprintln!(
+            "{}: measuring the ceiling (the same requests without Kafka)",
+            scenario.name
+        );
+        Some(measure_ceiling(scenario).await?)
+    } else {
+        None
+    };
+
+    let recorder = ledger
+        .recorder
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let accounting = Accounting {
+        published,
+        expected,
+        delivered: ledger.delivered.load(Ordering::Relaxed),
+        duplicates: ledger.duplicates.load(Ordering::Relaxed),
+        invalid_signatures: ledger.invalid.load(Ordering::Relaxed),
+        refused_by_endpoints: ledger.refused.load(Ordering::Relaxed),
+        unknown_ids: ledger.unknown.load(Ordering::Relaxed),
+        complete,
+    };
+    let report = Report::new(
+        scenario,
+        commit,
+        accounting,
+        herald_duration,
+        &recorder,
+        ceiling,
+        usage,
+    );
+    // The service logs are kept when the run is incomplete.
+    if complete {
+        herald_tests::scenario::remove_folder(&setup.folder);
+    }
+    Ok(report)
+}
+
+fn configure_endpoints(scenario: &LoadScenario, setup: &Scenario) {
+    let latency = Duration::from_millis(scenario.endpoint_latency_ms);
+    for (index, endpoint) in setup.endpoints.iter().enumerate() {
+        endpoint.receiver.delay_responses(latency);
+        let failing = index < scenario.failing_endpoints;
+        let hanging = !failing && index < scenario.failing_endpoints + scenario.hanging_endpoints;
+        let limited = !failing
+            && !hanging
+            && index
+                < scenario.failing_endpoints
+                    + scenario.hanging_endpoints
+                    + scenario.rate_limited_endpoints;
+        if failing {
+            endpoint
+                .receiver
+                .respond_with(StatusCode::SERVICE_UNAVAILABLE);
+        } else if hanging {
+            endpoint.receiver.delay_responses(HANG);
+        } else if limited {
+            endpoint
+                .receiver
+                .fail_first(1, StatusCode::TOO_MANY_REQUESTS, Some("1"));
+        }
+    }
+}
+
+async fn measure_ceiling(scenario: &LoadScenario) -> anyhow::Result<CeilingResult> {
+    let concurrency = scenario
+        .herald_environment
+        .get("HERALD__SENDER__MAX_IN_FLIGHT")
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(herald_core::config::DEFAULT_SENDER_MAX_IN_FLIGHT);
+    let body = Bytes::from(vec![b'x'; scenario.payload_bytes]);
+    let endpoints = scenario.fanout - scenario.failing_endpoints - scenario.hanging_endpoints;
+    ceiling::measure(
+        endpoints.max(1),
+        scenario.expected_deliveries(),
+        concurrency,
+        Duration::from_millis(scenario.endpoint_latency_ms),
+        body,
+    )
+    .await
+}
+
+/// Publishes every event, at `rate_per_s` in open loop when it is above zero, and records each
+/// event's intended send time before sending it. Returns how many the broker acknowledged.
+async fn publish(
+    topic: String,
+    events: Vec<(String, Vec<u8>)>,
+    rate_per_s: u64,
+    ledger: Arc<Ledger>,
+) -> anyhow::Result<u64> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap_servers())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("message.max.bytes", "3000000")
+        .create()?;
+    let mut pending = Vec::with_capacity(events.len());
+    let publish_start = ledger.started.elapsed();
+    ledger
+        .publish_start_ns
+        .store(publish_start.as_nanos() as u64, Ordering::Relaxed);
+    for (index, (key, value)) in events.iter().enumerate() {
+        let intended = if rate_per_s > 0 {
+            // Open loop: each event has its slot, and a late send keeps its slot's time.
+            let offset = publish_start + Duration::from_secs_f64(index as f64 / rate_per_s as f64);
+            tokio::time::sleep_until((ledger.started + offset).into()).await;
+            offset
+        } else {
+            ledger.started.elapsed()
+        };
+        ledger.intended_ns[index].store(intended.as_nanos() as u64, Ordering::Relaxed);
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic)
+            .key(key.as_str())
+            .payload(value.as_slice());
+        loop {
+            match producer.send_result(record) {
+                Ok(future) => {
+                    pending.push(future);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((error, _)) => anyhow::bail!("publishing to {topic} failed: {error}"),
+            }
+        }
+    }
+    let mut acknowledged = 0;
+    for future in pending {
+        if matches!(future.await, Ok(Ok(_))) {
+            acknowledged += 1;
+        }
+    }
+    Ok(acknowledged)
+}
