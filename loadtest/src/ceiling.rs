@@ -16,7 +16,7 @@ use herald_verify::{Secret, Verifier};
 
 use crate::stats::{self, Percentiles};
 
-/// What the bare HTTP path achieved.
+/// The throughput and latency of the bare HTTP path.
 #[derive(Debug, Clone, Serialize)]
 pub struct CeilingResult {
     pub requests: u64,

@@ -21,7 +21,7 @@ pub struct Accounting {
     /// Repeated webhook ids that endpoints acknowledged and dropped.
     pub duplicates: u64,
     pub invalid_signatures: u64,
-    /// Requests endpoints answered with a failure on purpose (failing, rate-limited).
+    /// Requests that endpoints failed on purpose (failing, rate-limited).
     pub refused_by_endpoints: u64,
     /// Accepted requests whose id the harness did not publish.
     pub unknown_ids: u64,
@@ -47,7 +47,7 @@ pub struct Report {
     pub router: ProcessUsage,
     pub sender: ProcessUsage,
     pub series: Vec<SecondSample>,
-    /// Why the run failed; empty when it passed.
+    /// The reasons the run failed; empty when it passed.
     pub failures: Vec<String>,
 }
 

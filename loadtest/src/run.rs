@@ -25,10 +25,10 @@ use crate::stats::LatencyRecorder;
 
 /// Time the services get to stop on SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-/// A hanging endpoint answers after this long, which is longer than any attempt timeout.
+/// A hanging endpoint responds after this long, which is longer than any attempt timeout.
 const HANG: Duration = Duration::from_secs(3600);
 
-/// What the receivers' hook counts, shared with the monitor loop.
+/// The counts the receivers' hook keeps, shared with the monitor loop.
 struct Ledger {
     started: Instant,
     /// Intended send time of each event, in nanoseconds since `started`; `u64::MAX` until set.

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-/// Where the events come from.
+/// The origin of the published events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
@@ -33,13 +33,13 @@ pub struct LoadScenario {
     pub payload_bytes: usize,
     /// Subscriptions that match every event: deliveries per event.
     pub fanout: usize,
-    /// Of those, endpoints that answer 503 to everything (their deliveries end as dead letters).
+    /// Of those, endpoints that respond 503 to everything (their deliveries end as dead letters).
     #[serde(default)]
     pub failing_endpoints: usize,
-    /// Of those, endpoints that accept the connection and never answer.
+    /// Of those, endpoints that accept the connection and never respond.
     #[serde(default)]
     pub hanging_endpoints: usize,
-    /// Of those, endpoints that answer 429 with `Retry-After: 1` to each first attempt.
+    /// Of those, endpoints that respond 429 with `Retry-After: 1` to each first attempt.
     #[serde(default)]
     pub rate_limited_endpoints: usize,
     /// Latency every endpoint adds before answering, in milliseconds.
