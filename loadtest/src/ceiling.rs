@@ -26,13 +26,13 @@ pub struct CeilingResult {
     pub latency: Percentiles,
 }
 
-/// Sends `requests` signed POSTs of `body`, spread over `endpoints` fresh receivers that add
-/// `latency`, with at most `concurrency` in flight.
+/// Sends `requests` signed POSTs of `body`, spread over `endpoints` fresh receivers that add a
+/// latency drawn from `latency` (a range), with at most `concurrency` in flight.
 pub async fn measure(
     endpoints: usize,
     requests: u64,
     concurrency: usize,
-    latency: Duration,
+    latency: (Duration, Duration),
     body: Bytes,
 ) -> anyhow::Result<CeilingResult> {
     let secret = Secret::from_bytes(vec![7; 32])?;
@@ -50,7 +50,7 @@ pub async fn measure(
                 hook: None,
             },
         )?;
-        receiver.delay_responses(latency);
+        receiver.delay_responses_between(latency.0, latency.1);
         specs.push(SubscriptionSpec {
             id: format!("ceiling{index}"),
             description: String::new(),

@@ -109,6 +109,14 @@ impl Report {
                 accounting.invalid_signatures
             ));
         }
+        // Without crashes or rebalances Herald sends each delivery once it is accepted, so any
+        // repeat the receivers dropped needs an explanation.
+        if accounting.duplicates > 0 {
+            failures.push(format!(
+                "{} deliveries arrived more than once",
+                accounting.duplicates
+            ));
+        }
         if accounting.unknown_ids > 0 {
             failures.push(format!(
                 "{} requests carried ids the harness did not publish",
@@ -325,11 +333,16 @@ mod tests {
             rate_per_s: 0,
             source: Source::Synthetic,
             payload_bytes: 1024,
+            payload_bytes_max: None,
+            event_types: vec!["loadtest.synthetic".into()],
             fanout: 2,
             failing_endpoints: 0,
             hanging_endpoints: 0,
             rate_limited_endpoints: 0,
+            gone_endpoints: 0,
+            endpoint_error_rate: 0.0,
             endpoint_latency_ms: 0,
+            endpoint_latency_max_ms: None,
             ceiling: true,
             timeout_s: 10,
             min_ceiling_ratio: Some(0.6),

@@ -89,14 +89,14 @@ fn build_events(scenario: &LoadScenario, tag: &str) -> anyhow::Result<Vec<(Strin
     let mut events = Vec::with_capacity(scenario.events);
     match scenario.source {
         Source::Synthetic => {
+            let sizes = SizeSpread::new(scenario.payload_bytes, scenario.payload_bytes_max);
             for index in 0..scenario.events {
+                let event_type = &scenario.event_types[index % scenario.event_types.len()];
                 let head = format!(
-                    r#"{{"eventId":"lt-{tag}-{index}","eventType":"loadtest.synthetic","timestamp":"2026-12-04T00:00:00Z","data":{{"pad":""#
+                    r#"{{"eventId":"lt-{tag}-{index}","eventType":"{event_type}","timestamp":"2026-12-04T00:00:00Z","data":{{"pad":""#
                 );
                 let tail = r#""}}"#;
-                let padding = scenario
-                    .payload_bytes
-                    .saturating_sub(head.len() + tail.len());
+                let padding = sizes.size(index).saturating_sub(head.len() + tail.len());
                 let value = format!("{head}{}{tail}", "x".repeat(padding));
                 events.push((format!("CUST_{:05}", index % 5000), value.into_bytes()));
             }
@@ -265,28 +265,77 @@ pub async fn run(scenario: &LoadScenario, commit: &str) -> anyhow::Result<Report
     Ok(report)
 }
 
+/// Synthetic event sizes: fixed, or spread over a range by a fixed stride so runs repeat.
+struct SizeSpread {
+    min: usize,
+    max: usize,
+}
+
+impl SizeSpread {
+    fn new(min: usize, max: Option<usize>) -> Self {
+        Self {
+            min,
+            max: max.unwrap_or(min),
+        }
+    }
+
+    fn size(&self, index: usize) -> usize {
+        let range = self.max - self.min + 1;
+        // 7919 is prime, so for ranges it does not divide the stride visits every size in turn.
+        self.min + (index.wrapping_mul(7919) % range)
+    }
+}
+
+/// The behaviour of one endpoint, assigned in the order the scenario lists the groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behaviour {
+    Failing,
+    Hanging,
+    RateLimited,
+    Gone,
+    Healthy,
+}
+
+fn behaviour(scenario: &LoadScenario, index: usize) -> Behaviour {
+    let groups = [
+        (scenario.failing_endpoints, Behaviour::Failing),
+        (scenario.hanging_endpoints, Behaviour::Hanging),
+        (scenario.rate_limited_endpoints, Behaviour::RateLimited),
+        (scenario.gone_endpoints, Behaviour::Gone),
+    ];
+    let mut end = 0;
+    for (count, behaviour) in groups {
+        end += count;
+        if index < end {
+            return behaviour;
+        }
+    }
+    Behaviour::Healthy
+}
+
 fn configure_endpoints(scenario: &LoadScenario, setup: &Scenario) {
     let latency = Duration::from_millis(scenario.endpoint_latency_ms);
+    let latency_max = Duration::from_millis(
+        scenario
+            .endpoint_latency_max_ms
+            .unwrap_or(scenario.endpoint_latency_ms),
+    );
     for (index, endpoint) in setup.endpoints.iter().enumerate() {
-        endpoint.receiver.delay_responses(latency);
-        let failing = index < scenario.failing_endpoints;
-        let hanging = !failing && index < scenario.failing_endpoints + scenario.hanging_endpoints;
-        let limited = !failing
-            && !hanging
-            && index
-                < scenario.failing_endpoints
-                    + scenario.hanging_endpoints
-                    + scenario.rate_limited_endpoints;
-        if failing {
-            endpoint
-                .receiver
-                .respond_with(StatusCode::SERVICE_UNAVAILABLE);
-        } else if hanging {
-            endpoint.receiver.delay_responses(HANG);
-        } else if limited {
-            endpoint
-                .receiver
-                .fail_first(1, StatusCode::TOO_MANY_REQUESTS, Some("1"));
+        let receiver = &endpoint.receiver;
+        receiver.delay_responses_between(latency, latency_max);
+        match behaviour(scenario, index) {
+            Behaviour::Failing => receiver.respond_with(StatusCode::SERVICE_UNAVAILABLE),
+            Behaviour::Hanging => receiver.delay_responses(HANG),
+            Behaviour::RateLimited => {
+                receiver.fail_first(1, StatusCode::TOO_MANY_REQUESTS, Some("1"));
+            }
+            Behaviour::Gone => receiver.respond_with(StatusCode::GONE),
+            Behaviour::Healthy => {
+                receiver.fail_randomly(
+                    scenario.endpoint_error_rate,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                );
+            }
         }
     }
 }
@@ -298,12 +347,19 @@ async fn measure_ceiling(scenario: &LoadScenario) -> anyhow::Result<CeilingResul
         .and_then(|value| value.parse().ok())
         .unwrap_or(herald_core::config::DEFAULT_SENDER_MAX_IN_FLIGHT);
     let body = Bytes::from(vec![b'x'; scenario.payload_bytes]);
-    let endpoints = scenario.fanout - scenario.failing_endpoints - scenario.hanging_endpoints;
+    let endpoints = scenario.accepting_endpoints();
     ceiling::measure(
         endpoints.max(1),
         scenario.expected_deliveries(),
         concurrency,
-        Duration::from_millis(scenario.endpoint_latency_ms),
+        (
+            Duration::from_millis(scenario.endpoint_latency_ms),
+            Duration::from_millis(
+                scenario
+                    .endpoint_latency_max_ms
+                    .unwrap_or(scenario.endpoint_latency_ms),
+            ),
+        ),
         body,
     )
     .await
@@ -363,4 +419,24 @@ async fn publish(
         }
     }
     Ok(acknowledged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_stay_in_range_and_vary() {
+        let spread = SizeSpread::new(1000, Some(2000));
+        let sizes: Vec<usize> = (0..500).map(|index| spread.size(index)).collect();
+        assert!(sizes.iter().all(|size| (1000..=2000).contains(size)));
+        assert!(
+            sizes
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                > 400
+        );
+        assert_eq!(SizeSpread::new(512, None).size(17), 512);
+    }
 }

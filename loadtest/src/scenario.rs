@@ -31,6 +31,12 @@ pub struct LoadScenario {
     /// Size of each synthetic event, in bytes.
     #[serde(default = "default_payload_bytes")]
     pub payload_bytes: usize,
+    /// When set, synthetic event sizes are spread uniformly from `payload_bytes` to this.
+    #[serde(default)]
+    pub payload_bytes_max: Option<usize>,
+    /// Event types of synthetic events, used in turn; every subscription takes them all.
+    #[serde(default = "default_event_types")]
+    pub event_types: Vec<String>,
     /// Subscriptions that match every event: deliveries per event.
     pub fanout: usize,
     /// Of those, endpoints that respond 503 to everything (their deliveries end as dead letters).
@@ -42,9 +48,18 @@ pub struct LoadScenario {
     /// Of those, endpoints that respond 429 with `Retry-After: 1` to each first attempt.
     #[serde(default)]
     pub rate_limited_endpoints: usize,
+    /// Of those, endpoints that respond 410 Gone, which disables their subscription.
+    #[serde(default)]
+    pub gone_endpoints: usize,
+    /// Fraction of requests every other endpoint answers with 503 (they are retried).
+    #[serde(default)]
+    pub endpoint_error_rate: f64,
     /// Latency every endpoint adds before answering, in milliseconds.
     #[serde(default)]
     pub endpoint_latency_ms: u64,
+    /// When set, endpoint latency is spread uniformly from `endpoint_latency_ms` to this.
+    #[serde(default)]
+    pub endpoint_latency_max_ms: Option<u64>,
     /// Also measure the bare HTTP path to the same receivers (the ceiling).
     #[serde(default = "enabled")]
     pub ceiling: bool,
@@ -64,6 +79,10 @@ pub struct LoadScenario {
 
 fn default_payload_bytes() -> usize {
     1024
+}
+
+fn default_event_types() -> Vec<String> {
+    vec!["loadtest.synthetic".to_owned()]
 }
 
 fn default_timeout_s() -> u64 {
@@ -94,11 +113,26 @@ impl LoadScenario {
             (1..=1000).contains(&self.fanout),
             "fanout must be between 1 and 1000"
         );
-        let unhealthy =
-            self.failing_endpoints + self.hanging_endpoints + self.rate_limited_endpoints;
+        let unhealthy = self.failing_endpoints
+            + self.hanging_endpoints
+            + self.rate_limited_endpoints
+            + self.gone_endpoints;
         anyhow::ensure!(
             unhealthy <= self.fanout,
-            "failing, hanging and rate-limited endpoints must not exceed fanout"
+            "failing, hanging, rate-limited and gone endpoints must not exceed fanout"
+        );
+        anyhow::ensure!(
+            !self.event_types.is_empty(),
+            "event_types must name at least one type"
+        );
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.endpoint_error_rate),
+            "endpoint_error_rate must be at least 0 and below 1"
+        );
+        anyhow::ensure!(
+            self.payload_bytes_max
+                .is_none_or(|max| max >= self.payload_bytes),
+            "payload_bytes_max must be at least payload_bytes"
         );
         anyhow::ensure!(
             self.payload_bytes >= 128,
@@ -109,7 +143,7 @@ impl LoadScenario {
 
     /// Endpoints that eventually accept every delivery: the healthy and the rate-limited ones.
     pub fn accepting_endpoints(&self) -> usize {
-        self.fanout - self.failing_endpoints - self.hanging_endpoints
+        self.fanout - self.failing_endpoints - self.hanging_endpoints - self.gone_endpoints
     }
 
     /// Deliveries that must arrive for the run to be complete.
@@ -149,19 +183,24 @@ mod tests {
             rate_per_s: 0,
             source: Source::Synthetic,
             payload_bytes: 1024,
+            payload_bytes_max: None,
+            event_types: default_event_types(),
             fanout: 10,
             failing_endpoints: 1,
             hanging_endpoints: 1,
             rate_limited_endpoints: 2,
+            gone_endpoints: 1,
+            endpoint_error_rate: 0.1,
             endpoint_latency_ms: 0,
+            endpoint_latency_max_ms: None,
             ceiling: true,
             timeout_s: 60,
             min_ceiling_ratio: None,
             max_p99_ms: None,
             herald_environment: Default::default(),
         };
-        assert_eq!(scenario.accepting_endpoints(), 8);
-        assert_eq!(scenario.expected_deliveries(), 800);
+        assert_eq!(scenario.accepting_endpoints(), 7);
+        assert_eq!(scenario.expected_deliveries(), 700);
         assert!(scenario.check().is_ok());
     }
 }

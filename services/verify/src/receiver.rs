@@ -80,6 +80,13 @@ struct State {
     verifier: Verifier,
     status: AtomicU16,
     delay_ms: AtomicU64,
+    /// Extra random delay, uniform from zero to this, in milliseconds.
+    delay_spread_ms: AtomicU64,
+    /// Requests per thousand answered with `random_failure_status`.
+    failure_per_mille: AtomicU64,
+    random_failure_status: AtomicU16,
+    random: std::collections::hash_map::RandomState,
+    draws: AtomicU64,
     failure_plan: Mutex<Option<FailurePlan>>,
     attempts_by_id: Mutex<std::collections::HashMap<String, u32>>,
     counts: Counts,
@@ -123,6 +130,11 @@ impl Receiver {
             verifier: options.verifier,
             status: AtomicU16::new(StatusCode::NO_CONTENT.as_u16()),
             delay_ms: AtomicU64::new(0),
+            delay_spread_ms: AtomicU64::new(0),
+            failure_per_mille: AtomicU64::new(0),
+            random_failure_status: AtomicU16::new(StatusCode::SERVICE_UNAVAILABLE.as_u16()),
+            random: std::collections::hash_map::RandomState::new(),
+            draws: AtomicU64::new(0),
             failure_plan: Mutex::new(None),
             attempts_by_id: Mutex::new(std::collections::HashMap::new()),
             counts: Counts::default(),
@@ -168,6 +180,24 @@ impl Receiver {
         self.state
             .delay_ms
             .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Delays each response by a random time between `min` and `max`, drawn uniformly.
+    pub fn delay_responses_between(&self, min: std::time::Duration, max: std::time::Duration) {
+        self.delay_responses(min);
+        let spread = max.saturating_sub(min).as_millis() as u64;
+        self.state.delay_spread_ms.store(spread, Ordering::Relaxed);
+    }
+
+    /// Answers a random `fraction` of verified requests with `status`, independently of their id.
+    pub fn fail_randomly(&self, fraction: f64, status: StatusCode) {
+        let per_mille = (fraction.clamp(0.0, 1.0) * 1000.0).round() as u64;
+        self.state
+            .failure_per_mille
+            .store(per_mille, Ordering::Relaxed);
+        self.state
+            .random_failure_status
+            .store(status.as_u16(), Ordering::Relaxed);
     }
 
     /// Returns a copy of every request kept so far.
@@ -227,7 +257,13 @@ async fn handle(
     else {
         return Ok(respond(StatusCode::PAYLOAD_TOO_LARGE));
     };
-    let delay_ms = state.delay_ms.load(Ordering::Relaxed);
+    let spread = state.delay_spread_ms.load(Ordering::Relaxed);
+    let extra = if spread > 0 {
+        state.draw() % (spread + 1)
+    } else {
+        0
+    };
+    let delay_ms = state.delay_ms.load(Ordering::Relaxed) + extra;
     if delay_ms > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
     }
@@ -324,8 +360,21 @@ impl State {
                 return (plan.status, plan.retry_after.clone());
             }
         }
+        let per_mille = self.failure_per_mille.load(Ordering::Relaxed);
+        if per_mille > 0 && self.draw() % 1000 < per_mille {
+            let status = StatusCode::from_u16(self.random_failure_status.load(Ordering::Relaxed))
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return (status, None);
+        }
         let status = StatusCode::from_u16(self.status.load(Ordering::Relaxed))
             .unwrap_or(StatusCode::NO_CONTENT);
         (status, None)
+    }
+
+    /// Returns a pseudo-random number; each receiver seeds its own sequence.
+    fn draw(&self) -> u64 {
+        use std::hash::BuildHasher;
+        self.random
+            .hash_one(self.draws.fetch_add(1, Ordering::Relaxed))
     }
 }
