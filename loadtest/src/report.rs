@@ -340,6 +340,7 @@ mod tests {
             hanging_endpoints: 0,
             rate_limited_endpoints: 0,
             gone_endpoints: 0,
+            slow_body_endpoints: 0,
             endpoint_error_rate: 0.0,
             endpoint_latency_ms: 0,
             endpoint_latency_max_ms: None,

@@ -27,6 +27,9 @@ use crate::stats::LatencyRecorder;
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// A hanging endpoint responds after this long, which is longer than any attempt timeout.
 const HANG: Duration = Duration::from_secs(3600);
+/// A slow endpoint's body: 64 bytes, one per 100 ms, 6.4 s in all.
+const SLOW_BODY_BYTES: usize = 64;
+const SLOW_BODY_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The counts the receivers' hook keeps, shared with the monitor loop.
 struct Ledger {
@@ -293,6 +296,7 @@ enum Behaviour {
     Hanging,
     RateLimited,
     Gone,
+    SlowBody,
     Healthy,
 }
 
@@ -302,6 +306,7 @@ fn behaviour(scenario: &LoadScenario, index: usize) -> Behaviour {
         (scenario.hanging_endpoints, Behaviour::Hanging),
         (scenario.rate_limited_endpoints, Behaviour::RateLimited),
         (scenario.gone_endpoints, Behaviour::Gone),
+        (scenario.slow_body_endpoints, Behaviour::SlowBody),
     ];
     let mut end = 0;
     for (count, behaviour) in groups {
@@ -330,6 +335,7 @@ fn configure_endpoints(scenario: &LoadScenario, setup: &Scenario) {
                 receiver.fail_first(1, StatusCode::TOO_MANY_REQUESTS, Some("1"));
             }
             Behaviour::Gone => receiver.respond_with(StatusCode::GONE),
+            Behaviour::SlowBody => receiver.respond_slowly(SLOW_BODY_BYTES, SLOW_BODY_INTERVAL),
             Behaviour::Healthy => {
                 receiver.fail_randomly(
                     scenario.endpoint_error_rate,

@@ -51,6 +51,9 @@ pub struct LoadScenario {
     /// Of those, endpoints that respond 410 Gone, which disables their subscription.
     #[serde(default)]
     pub gone_endpoints: usize,
+    /// Of those, endpoints that accept at once but send their 64-byte body one byte per 100 ms.
+    #[serde(default)]
+    pub slow_body_endpoints: usize,
     /// Fraction of requests every other endpoint answers with 503 (they are retried).
     #[serde(default)]
     pub endpoint_error_rate: f64,
@@ -116,7 +119,8 @@ impl LoadScenario {
         let unhealthy = self.failing_endpoints
             + self.hanging_endpoints
             + self.rate_limited_endpoints
-            + self.gone_endpoints;
+            + self.gone_endpoints
+            + self.slow_body_endpoints;
         anyhow::ensure!(
             unhealthy <= self.fanout,
             "failing, hanging, rate-limited and gone endpoints must not exceed fanout"
@@ -190,6 +194,7 @@ mod tests {
             hanging_endpoints: 1,
             rate_limited_endpoints: 2,
             gone_endpoints: 1,
+            slow_body_endpoints: 1,
             endpoint_error_rate: 0.1,
             endpoint_latency_ms: 0,
             endpoint_latency_max_ms: None,

@@ -45,30 +45,28 @@ impl WebhookClient {
     }
 
     /// Sends one request and reads at most `max_response_bytes` of the response, within `timeout`
-    /// for the whole exchange.
+    /// for the whole exchange. Once the status has arrived it decides the outcome: a body that is
+    /// still arriving at the deadline is abandoned, not turned into a failed attempt.
     pub async fn send(
         &self,
         request: Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<HttpResponse, AttemptError> {
-        let exchange = async {
-            let response = self.client.request(request).await.map_err(classify)?;
-            let status = response.status();
-            let retry_after = retry_after(response.headers(), SystemTime::now());
-            // The body is read only so the connection can be reused; its content is discarded.
-            // A body larger than the limit ends the read, and the connection is not reused.
-            let _ = Limited::new(response.into_body(), self.max_response_bytes)
-                .collect()
-                .await;
-            Ok(HttpResponse {
-                status,
-                retry_after,
-            })
+        let deadline = tokio::time::Instant::now() + timeout;
+        let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+            Ok(response) => response.map_err(classify)?,
+            Err(_) => return Err(AttemptError::Timeout),
         };
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(AttemptError::Timeout),
-        }
+        let status = response.status();
+        let retry_after = retry_after(response.headers(), SystemTime::now());
+        // The body is read only so the connection can be reused; its content is discarded. A body
+        // over the limit or past the deadline ends the read, and the connection is not reused.
+        let body = Limited::new(response.into_body(), self.max_response_bytes).collect();
+        let _ = tokio::time::timeout_at(deadline, body).await;
+        Ok(HttpResponse {
+            status,
+            retry_after,
+        })
     }
 }
 
@@ -143,6 +141,50 @@ mod tests {
         assert_eq!(
             retry_after(&headers("Fri, 04 Dec 2026 09:00:00 GMT"), now),
             Some(Duration::ZERO)
+        );
+    }
+
+    #[tokio::test]
+    async fn slow_body_after_2xx_is_still_delivered() {
+        use herald_verify::receiver::{Receiver, ReceiverOptions};
+
+        let secret = herald_verify::Secret::from_bytes(vec![1; 32]).expect("valid secret");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let receiver = Receiver::start(
+            listener,
+            ReceiverOptions {
+                name: "slow".into(),
+                verifier: herald_verify::Verifier::new(vec![secret.clone()]).expect("verifier"),
+                keep_requests: false,
+                log_file: None,
+                hook: None,
+            },
+        )
+        .expect("receiver");
+        // 100 bytes at 50 ms each: five seconds, far past the 300 ms timeout below.
+        receiver.respond_slowly(100, Duration::from_millis(50));
+        let timestamp = herald_core::time::unix_seconds(SystemTime::now());
+        let request = Request::post(format!("http://{}/hook", receiver.address()))
+            .header("webhook-id", "evt_1")
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", secret.sign("evt_1", timestamp, b"{}"))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .expect("valid request");
+
+        let client = WebhookClient::new(Duration::from_secs(1), 16 * 1024);
+        let started = std::time::Instant::now();
+        let result = client.send(request, Duration::from_millis(300)).await;
+        assert_eq!(result.map(|response| response.status), Ok(StatusCode::OK));
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(300),
+            "the body was not read at all: {elapsed:?}"
+        );
+        assert!(
+            elapsed < Duration::from_secs(2),
+            "the body was read past the deadline: {elapsed:?}"
         );
     }
 

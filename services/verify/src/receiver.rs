@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -80,6 +81,8 @@ struct State {
     verifier: Verifier,
     status: AtomicU16,
     delay_ms: AtomicU64,
+    /// A body of this many bytes, one per interval, for every accepted request.
+    slow_body: Mutex<Option<(usize, std::time::Duration)>>,
     /// Extra random delay, uniform from zero to this, in milliseconds.
     delay_spread_ms: AtomicU64,
     /// Requests per thousand answered with `random_failure_status`.
@@ -131,6 +134,7 @@ impl Receiver {
             status: AtomicU16::new(StatusCode::NO_CONTENT.as_u16()),
             delay_ms: AtomicU64::new(0),
             delay_spread_ms: AtomicU64::new(0),
+            slow_body: Mutex::new(None),
             failure_per_mille: AtomicU64::new(0),
             random_failure_status: AtomicU16::new(StatusCode::SERVICE_UNAVAILABLE.as_u16()),
             random: std::collections::hash_map::RandomState::new(),
@@ -180,6 +184,12 @@ impl Receiver {
         self.state
             .delay_ms
             .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Answers accepted requests at once but sends the body one byte per `interval`, `bytes`
+    /// bytes in all: an endpoint that answers slowly byte by byte.
+    pub fn respond_slowly(&self, bytes: usize, interval: std::time::Duration) {
+        *lock(&self.state.slow_body) = Some((bytes, interval));
     }
 
     /// Delays each response by a random time between `min` and `max`, drawn uniformly.
@@ -248,7 +258,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
 async fn handle(
     state: Arc<State>,
     request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+) -> Result<Response<ResponseBody>, std::convert::Infallible> {
     let (parts, body) = request.into_parts();
     let Ok(body) = Limited::new(body, MAX_BODY_BYTES)
         .collect()
@@ -325,7 +335,27 @@ async fn handle(
             received_at: std::time::Instant::now(),
         });
     }
-    let mut response = respond(status);
+    let slow_body = *lock(&state.slow_body);
+    let mut response = match slow_body {
+        Some((bytes, interval)) if status.is_success() => {
+            let mut response = Response::new(
+                SlowBody {
+                    remaining: bytes,
+                    interval,
+                    sleep: Box::pin(tokio::time::sleep(interval)),
+                }
+                .boxed(),
+            );
+            // 204 cannot carry a body, so a slow body goes with 200.
+            *response.status_mut() = if status == StatusCode::NO_CONTENT {
+                StatusCode::OK
+            } else {
+                status
+            };
+            response
+        }
+        _ => respond(status),
+    };
     if let Some(value) =
         retry_after.and_then(|value| hyper::header::HeaderValue::from_str(&value).ok())
     {
@@ -336,10 +366,41 @@ async fn handle(
     Ok(response)
 }
 
-fn respond(status: StatusCode) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::new()));
+/// The body of a receiver's response: empty, or trickled out slowly.
+type ResponseBody = BoxBody<Bytes, std::convert::Infallible>;
+
+fn respond(status: StatusCode) -> Response<ResponseBody> {
+    let mut response = Response::new(Full::new(Bytes::new()).boxed());
     *response.status_mut() = status;
     response
+}
+
+/// A response body that sends one byte per `interval`, like an endpoint on a very slow link.
+struct SlowBody {
+    remaining: usize,
+    interval: std::time::Duration,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl hyper::body::Body for SlowBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        if self.remaining == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        if self.sleep.as_mut().poll(context).is_pending() {
+            return std::task::Poll::Pending;
+        }
+        let next = tokio::time::Instant::now() + self.interval;
+        self.sleep.as_mut().reset(next);
+        self.remaining -= 1;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(b".")))))
+    }
 }
 
 /// Failures planned for the first attempts of each id.
