@@ -44,7 +44,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_all(arguments)) {
+    // On Ctrl-C or SIGTERM the run is dropped, and with it the Herald processes it started.
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            outcome = run_all(arguments) => outcome,
+            () = interrupted() => Err(anyhow::anyhow!("interrupted: stopped the Herald processes of this run")),
+        }
+    });
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
@@ -54,13 +61,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// Resolves on Ctrl-C or SIGTERM.
+async fn interrupted() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
 async fn run_all(arguments: Arguments) -> anyhow::Result<bool> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let commit = current_commit();
+    // Every file is checked before the first run, so a typo in the last one is found at once.
+    let scenarios = arguments
+        .scenarios
+        .iter()
+        .map(|path| LoadScenario::load(path))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let bootstrap = herald_tests::kafka::bootstrap_servers();
+    eprintln!("using the Kafka broker at {bootstrap} (set KAFKA_BOOTSTRAP_SERVERS to change it)");
     let mut all_passed = true;
-    for path in &arguments.scenarios {
-        let scenario = LoadScenario::load(path)?;
-        let report = run::run(&scenario, &commit).await?;
+    for scenario in scenarios {
+        let report = run::run(&scenario, &commit).await.with_context(|| {
+            format!("scenario {} failed to run; is the broker at {bootstrap} running (deploy/local/kafka.sh start)?", scenario.name)
+        })?;
         let folder = arguments.out.join(&scenario.name);
         std::fs::create_dir_all(&folder)
             .with_context(|| format!("creating {}", folder.display()))?;

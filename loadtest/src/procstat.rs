@@ -10,7 +10,7 @@ const TICKS_PER_SECOND: f64 = 100.0;
 pub struct ProcessUsage {
     /// User and system CPU time, in seconds.
     pub cpu_seconds: f64,
-    /// Peak resident memory (VmHWM), in megabytes.
+    /// Peak resident memory (VmHWM), in mebibytes; sampled about once a second.
     pub peak_memory_mb: f64,
 }
 

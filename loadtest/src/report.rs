@@ -21,7 +21,7 @@ pub struct Accounting {
     /// Repeated webhook ids that endpoints acknowledged and dropped.
     pub duplicates: u64,
     pub invalid_signatures: u64,
-    /// Requests that endpoints failed on purpose (failing, rate-limited).
+    /// Requests that endpoints answered with a failure on purpose: 503, 429 or 410.
     pub refused_by_endpoints: u64,
     /// Accepted requests whose id the harness did not publish.
     pub unknown_ids: u64,
@@ -62,8 +62,10 @@ impl Report {
         (router, sender): (ProcessUsage, ProcessUsage),
     ) -> Self {
         let throughput_per_s = rate(accounting.delivered, duration);
+        // A run held to a fixed rate cannot show how close Herald comes to the ceiling.
         let ceiling_ratio = ceiling
             .as_ref()
+            .filter(|_| scenario.rate_per_s == 0)
             .filter(|ceiling| ceiling.throughput_per_s > 0.0)
             .map(|ceiling| throughput_per_s / ceiling.throughput_per_s);
         let latency = recorder.overall();
@@ -209,12 +211,12 @@ impl Report {
         );
         let _ = writeln!(
             text,
-            "| router CPU / peak memory | {:.1} s / {:.0} MB |",
+            "| router CPU / peak memory | {:.1} s / {:.0} MiB |",
             self.router.cpu_seconds, self.router.peak_memory_mb
         );
         let _ = writeln!(
             text,
-            "| sender CPU / peak memory | {:.1} s / {:.0} MB |",
+            "| sender CPU / peak memory | {:.1} s / {:.0} MiB |",
             self.sender.cpu_seconds, self.sender.peak_memory_mb
         );
         let verdict = if self.passed() {
@@ -249,19 +251,27 @@ impl Report {
             .map(|s| s.p99_ms)
             .fold(0.0, f64::max)
             .max(1.0);
-        let line = |top: f64, maximum: f64, value: &dyn Fn(&SecondSample) -> f64| -> String {
-            self.series
-                .iter()
-                .map(|sample| {
-                    format!(
-                        "{:.1},{:.1}",
-                        x(sample.second),
-                        top + PANEL - PANEL * value(sample) / maximum
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        // A second without deliveries has no latency: the latency lines break there instead of
+        // dropping to zero.
+        let lines =
+            |top: f64, maximum: f64, value: &dyn Fn(&SecondSample) -> f64, break_on_empty: bool| {
+                let mut segments: Vec<Vec<String>> = vec![Vec::new()];
+                for sample in &self.series {
+                    if break_on_empty && sample.deliveries == 0 {
+                        segments.push(Vec::new());
+                        continue;
+                    }
+                    let y = top + PANEL - PANEL * value(sample) / maximum;
+                    if let Some(segment) = segments.last_mut() {
+                        segment.push(format!("{:.1},{y:.1}", x(sample.second)));
+                    }
+                }
+                segments
+                    .into_iter()
+                    .filter(|segment| !segment.is_empty())
+                    .map(|segment| segment.join(" "))
+                    .collect::<Vec<String>>()
+            };
         let rate_top = MARGIN;
         let latency_top = 2.0 * MARGIN + PANEL;
         let height = 3.0 * MARGIN + 2.0 * PANEL;
@@ -294,21 +304,22 @@ impl Report {
                 top - 8.0
             );
         }
-        let _ = writeln!(
-            svg,
-            r##"<polyline fill="none" stroke="#2a7" stroke-width="2" points="{}"/>"##,
-            line(rate_top, max_rate, &|s| s.deliveries as f64)
-        );
-        let _ = writeln!(
-            svg,
-            r##"<polyline fill="none" stroke="#36c" stroke-width="2" points="{}"/>"##,
-            line(latency_top, max_latency, &|s| s.p50_ms)
-        );
-        let _ = writeln!(
-            svg,
-            r##"<polyline fill="none" stroke="#c33" stroke-width="2" points="{}"/>"##,
-            line(latency_top, max_latency, &|s| s.p99_ms)
-        );
+        let plotted = [
+            (
+                "#2a7",
+                lines(rate_top, max_rate, &|s| s.deliveries as f64, false),
+            ),
+            ("#36c", lines(latency_top, max_latency, &|s| s.p50_ms, true)),
+            ("#c33", lines(latency_top, max_latency, &|s| s.p99_ms, true)),
+        ];
+        for (colour, segments) in plotted {
+            for points in segments {
+                let _ = writeln!(
+                    svg,
+                    r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>"#
+                );
+            }
+        }
         let _ = writeln!(
             svg,
             r#"<text x="{MARGIN}" y="{}">seconds since the first event (0 to {seconds:.0})</text>"#,
@@ -447,6 +458,25 @@ mod tests {
         let svg = report.svg();
         assert!(svg.starts_with("<svg"));
         assert_eq!(svg.matches("<polyline").count(), 3);
+    }
+
+    #[test]
+    fn latency_lines_break_at_empty_seconds() {
+        let mut recorder = LatencyRecorder::default();
+        recorder.record(Duration::from_secs(0), Duration::from_millis(5));
+        recorder.record(Duration::from_secs(2), Duration::from_millis(9));
+        let report = Report::new(
+            &scenario(),
+            "abc",
+            accounting(20),
+            Duration::from_secs(3),
+            &recorder,
+            None,
+            Default::default(),
+        );
+        let svg = report.svg();
+        // One throughput line, and p50 and p99 each in two pieces around the empty second.
+        assert_eq!(svg.matches("<polyline").count(), 5, "{svg}");
         assert!(serde_json::to_string(&report).is_ok());
     }
 }

@@ -213,7 +213,14 @@ pub async fn run(scenario: &LoadScenario, commit: &str) -> anyhow::Result<Report
             .p99_ms;
         eprintln!(
             "[{:>4}s] delivered {delivered}/{expected}  {}/s  p99 {p99:.1} ms  sender cpu {:.1}s",
-            ledger.started.elapsed().as_secs(),
+            // Seconds since the first publish, the same time base as the report's series.
+            ledger
+                .started
+                .elapsed()
+                .saturating_sub(Duration::from_nanos(
+                    ledger.publish_start_ns.load(Ordering::Relaxed)
+                ))
+                .as_secs(),
             delivered - last_count,
             usage.1.cpu_seconds
         );

@@ -5,9 +5,9 @@ use std::path::Path;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-/// The origin of the published events.
+/// The origin of the published events: `synthetic` or `samples`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", expecting = "\"synthetic\" or \"samples\"")]
 pub enum Source {
     /// Generated events of `payload_bytes` bytes each.
     Synthetic,
@@ -111,6 +111,30 @@ impl LoadScenario {
     }
 
     fn check(&self) -> anyhow::Result<()> {
+        // The name becomes part of topic names and of the report folder.
+        anyhow::ensure!(
+            !self.name.is_empty()
+                && self.name.len() <= 100
+                && self
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && !self.name.starts_with('.'),
+            "name must be 1 to 100 characters of A-Z, a-z, 0-9, '-', '_' or '.', not starting with '.'"
+        );
+        for event_type in &self.event_types {
+            anyhow::ensure!(
+                !event_type.is_empty()
+                    && event_type.len() <= herald_core::envelope::MAX_ID_BYTES
+                    && event_type.bytes().all(|b| b.is_ascii_graphic()),
+                "event type {event_type:?} would be rejected by the router: use printable ASCII without spaces"
+            );
+        }
+        anyhow::ensure!(
+            self.endpoint_latency_max_ms
+                .is_none_or(|max| max >= self.endpoint_latency_ms),
+            "endpoint_latency_max_ms must be at least endpoint_latency_ms"
+        );
         anyhow::ensure!(self.events > 0, "events must be greater than 0");
         anyhow::ensure!(
             (1..=1000).contains(&self.fanout),
@@ -123,7 +147,8 @@ impl LoadScenario {
             + self.slow_body_endpoints;
         anyhow::ensure!(
             unhealthy <= self.fanout,
-            "failing, hanging, rate-limited and gone endpoints must not exceed fanout"
+            "failing, hanging, rate-limited, gone and slow-body endpoints ({unhealthy}) must not exceed fanout ({})",
+            self.fanout
         );
         anyhow::ensure!(
             !self.event_types.is_empty(),

@@ -18,7 +18,7 @@ pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
         }
     }
     anyhow::bail!(
-        "{name} is not built next to {}: run `cargo build --workspace --bins` first",
+        "{name} is not built next to {}: run `cargo build --workspace --bins` first (with --release for a release build of the harness)",
         executable.display()
     )
 }

@@ -72,7 +72,7 @@ fn main() -> ExitCode {
     let config = match HeraldConfig::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("herald: {error:#}");
+            eprintln!("herald: {:#}", anyhow::Error::from(error));
             return ExitCode::FAILURE;
         }
     };
