@@ -21,7 +21,7 @@ pub struct Accounting {
     /// Repeated webhook ids that endpoints acknowledged and dropped.
     pub duplicates: u64,
     pub invalid_signatures: u64,
-    /// Requests that endpoints answered with a failure on purpose: 503, 429 or 410.
+    /// Requests that endpoints failed on purpose, with 503, 429 or 410.
     pub refused_by_endpoints: u64,
     /// Accepted requests whose id the harness did not publish.
     pub unknown_ids: u64,

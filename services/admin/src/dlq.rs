@@ -18,19 +18,6 @@ use herald_core::time::rfc3339;
 
 use crate::snapshot::{self, SnapshotError};
 
-/// Headers of a delivery's attempt history, dropped on redrive so the schedule starts again.
-const HISTORY_HEADERS: [&str; 9] = [
-    headers::ATTEMPT,
-    headers::FIRST_ATTEMPT_AT,
-    headers::LAST_ATTEMPT_AT,
-    headers::LAST_STATUS,
-    headers::LAST_ERROR,
-    headers::DEAD_LETTER_REASON,
-    headers::DUE_AT,
-    headers::TIER,
-    headers::REDRIVEN_AT,
-];
-
 /// A dead letter as an operator sees it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -181,15 +168,17 @@ pub async fn redrive(
     let producer: FutureProducer = kafka::producer(&config.kafka).map_err(DlqError::Producer)?;
     let timeout = Duration::from_millis(config.kafka.produce_timeout_ms);
     let redriven_at = rfc3339(SystemTime::now());
+    // The attempt history goes, so the retry schedule starts again; the redrive time is replaced.
+    let mut dropped_on_redrive = headers::ATTEMPT_HISTORY.to_vec();
+    dropped_on_redrive.push(headers::REDRIVEN_AT);
     let mut pending = Vec::with_capacity(selected.len());
     for (dead_letter, message) in &selected {
         let headers =
-            headers::copy_except(message.headers(), OwnedHeaders::new(), &HISTORY_HEADERS).insert(
-                Header {
+            headers::copy_except(message.headers(), OwnedHeaders::new(), &dropped_on_redrive)
+                .insert(Header {
                     key: headers::REDRIVEN_AT,
                     value: Some(redriven_at.as_str()),
-                },
-            );
+                });
         let mut record: FutureRecord<'_, [u8], [u8]> =
             FutureRecord::to(&config.topics.deliveries).headers(headers);
         if let Some(key) = message.key() {

@@ -20,6 +20,19 @@ pub const REJECT_REASON: &str = "herald-reject-reason";
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
 
+/// Headers that describe a delivery's attempts so far. The sender replaces them after each
+/// attempt, and a redrive drops them so the retry schedule starts again.
+pub const ATTEMPT_HISTORY: [&str; 8] = [
+    ATTEMPT,
+    FIRST_ATTEMPT_AT,
+    LAST_ATTEMPT_AT,
+    LAST_STATUS,
+    LAST_ERROR,
+    DEAD_LETTER_REASON,
+    DUE_AT,
+    TIER,
+];
+
 /// Headers a publisher may set that Herald carries unchanged from the event to every delivery.
 pub const CARRIED_FROM_EVENT: [&str; 2] = [TRACEPARENT, TRACESTATE];
 

@@ -36,18 +36,6 @@ impl History<'_> {
     }
 }
 
-/// Headers Herald writes after an attempt; any earlier value is dropped first.
-const REPLACED: [&str; 8] = [
-    headers::ATTEMPT,
-    headers::FIRST_ATTEMPT_AT,
-    headers::LAST_ATTEMPT_AT,
-    headers::LAST_STATUS,
-    headers::LAST_ERROR,
-    headers::DEAD_LETTER_REASON,
-    headers::DUE_AT,
-    headers::TIER,
-];
-
 /// Returns the dead letter's headers: the delivery's own, then Herald's account of what happened.
 pub fn headers(
     original: Option<&OwnedHeaders>,
@@ -81,7 +69,7 @@ fn with_history(
     history: &History<'_>,
     extra: &[(&str, &str)],
 ) -> OwnedHeaders {
-    let mut result = headers::copy_except(original, OwnedHeaders::new(), &REPLACED);
+    let mut result = headers::copy_except(original, OwnedHeaders::new(), &headers::ATTEMPT_HISTORY);
     let mut add = |key: &str, value: &str| {
         result = std::mem::replace(&mut result, OwnedHeaders::new()).insert(Header {
             key,

@@ -34,12 +34,12 @@ pub struct ReceivedRequest {
     pub verification: Result<String, VerifyError>,
     /// True when this `webhook-id` had already been received, verified and accepted.
     pub duplicate: bool,
-    /// The status the receiver answered.
+    /// The status the receiver returned.
     pub status: StatusCode,
     pub received_at: std::time::Instant,
 }
 
-/// What a hook learns about each request, after the response status is chosen.
+/// A summary of one request, passed to the hook after the response status is chosen.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestSummary<'a> {
     pub receiver: &'a str,
@@ -59,7 +59,7 @@ pub struct Counts {
     pub verified: AtomicU64,
     pub invalid: AtomicU64,
     pub duplicates: AtomicU64,
-    /// Verified requests answered with a failure on purpose (see [`Receiver::fail_first`]).
+    /// Verified requests given a failure status on purpose (see [`Receiver::fail_first`]).
     pub failed: AtomicU64,
 }
 
@@ -85,7 +85,7 @@ struct State {
     slow_body: Mutex<Option<(usize, std::time::Duration)>>,
     /// Extra random delay, uniform from zero to this, in milliseconds.
     delay_spread_ms: AtomicU64,
-    /// Requests per thousand answered with `random_failure_status`.
+    /// Requests per thousand given `random_failure_status`.
     failure_per_mille: AtomicU64,
     random_failure_status: AtomicU16,
     random: std::collections::hash_map::RandomState,
