@@ -4,7 +4,7 @@
 # pom.xml; everything else lives under the cache folder, which git ignores.
 #
 #   kafka.sh install   download the pinned jars once (a second run reuses them)
-#   kafka.sh start     install if needed, format storage, start, wait until it answers
+#   kafka.sh start     install if needed, format storage, start, wait until it responds
 #   kafka.sh stop      stop the broker this script started, by its PID
 #   kafka.sh status    say whether it runs
 #   kafka.sh bootstrap print the bootstrap address

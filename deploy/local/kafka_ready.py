@@ -1,4 +1,4 @@
-"""Exit 0 once a Kafka broker answers a Metadata request with at least one broker.
+"""Exit 0 once a Kafka broker returns at least one broker in response to a Metadata request.
 
 Used by kafka.sh: an open port is not enough, because a KRaft broker accepts connections before
 it has caught up with the metadata log. Standard library only, so it runs on a fresh machine.

@@ -54,10 +54,10 @@ pub struct LoadScenario {
     /// Of those, endpoints that accept at once but send their 64-byte body one byte per 100 ms.
     #[serde(default)]
     pub slow_body_endpoints: usize,
-    /// Fraction of requests every other endpoint answers with 503 (they are retried).
+    /// Fraction of requests every other endpoint fails with 503 (they are retried).
     #[serde(default)]
     pub endpoint_error_rate: f64,
-    /// Latency every endpoint adds before answering, in milliseconds.
+    /// Latency every endpoint adds before responding, in milliseconds.
     #[serde(default)]
     pub endpoint_latency_ms: u64,
     /// When set, endpoint latency is spread uniformly from `endpoint_latency_ms` to this.

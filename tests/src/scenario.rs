@@ -19,7 +19,7 @@ use crate::samples::SampleRecord;
 /// Choices for [`Scenario::with_options`]; the defaults suit functional tests.
 #[derive(Default, Clone)]
 pub struct ScenarioOptions {
-    /// Keep no request in memory (a load test sees each one through `hook` instead).
+    /// Keep no request in memory (a load test gets each one through `hook` instead).
     pub forget_requests: bool,
     pub hook: Option<herald_verify::receiver::RequestHook>,
     /// Partitions of the deliveries topic (4 unless set).

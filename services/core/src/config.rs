@@ -228,7 +228,7 @@ impl RetryConfig {
     }
 }
 
-/// Where subscriptions come from.
+/// The source of subscriptions.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SubscriptionsConfig {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// The longest event id or event type accepted, in bytes.
+/// The maximum length of an event id or event type, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
 /// The deepest nesting of objects and arrays accepted. Receivers' JSON parsers often stop at
 /// about this depth (serde_json's default limit is 128), so a deeper event could not be read there.
@@ -17,7 +17,7 @@ pub const MAX_NESTING_DEPTH: usize = 128;
 
 const UTF8_BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
 
-/// What Herald reads of an event.
+/// The fields Herald reads from an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     /// The id receivers use to drop duplicates: the `webhook-id` header and `herald-event-id`.
@@ -26,7 +26,7 @@ pub struct Event {
     pub event_type: String,
 }
 
-/// Why an input record cannot be delivered. The message is the reason an operator reads on the
+/// The reason an input record cannot be delivered. The message is the reason an operator reads on the
 /// rejected record, so it names the field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RejectReason {
@@ -212,7 +212,7 @@ fn read_cloud_event(top: TopLevel) -> Result<Event, RejectReason> {
 }
 
 /// Derives a webhook id from a CloudEvent's `source` and `id`, because CloudEvents ids are unique
-/// only within one source. The result is stable, so every retry and every subscription sees the
+/// only within one source. The result is stable, so every retry and every subscription gets the
 /// same id.
 pub fn cloud_event_webhook_id(source: &str, id: &str) -> String {
     let mut digest = Sha256::new();

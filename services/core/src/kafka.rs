@@ -50,6 +50,21 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
     with_overrides(config, kafka, &kafka.consumer)
 }
 
+/// Creates a consumer in `group_id`, with the context that tracks assignment generations, and
+/// subscribes it to `topics`.
+pub fn subscribed_consumer(
+    kafka: &KafkaConfig,
+    group_id: &str,
+    topics: &[&str],
+) -> rdkafka::error::KafkaResult<rdkafka::consumer::StreamConsumer<GenerationContext>> {
+    use rdkafka::consumer::Consumer;
+
+    let consumer: rdkafka::consumer::StreamConsumer<GenerationContext> =
+        consumer_config(kafka, group_id).create_with_context(GenerationContext::new(group_id))?;
+    consumer.subscribe(topics)?;
+    Ok(consumer)
+}
+
 /// Settings of an idempotent producer whose produce fails for good after `produce_timeout_ms`.
 pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = base(kafka);

@@ -1,6 +1,6 @@
 //! In-order offset tracking. Records of one partition finish in any order, but an offset may be
 //! stored only when that record and every record before it have an outcome that is safe in Kafka.
-//! The tracker keeps the unfinished offsets of each partition and says how far storing may go.
+//! The tracker keeps the unfinished offsets of each partition and returns how far storing may go.
 //!
 //! Each partition's state belongs to one assignment generation: after a rebalance, completions
 //! from the previous ownership are ignored, because the new owner re-sends what had no outcome.

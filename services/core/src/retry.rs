@@ -10,7 +10,7 @@ pub struct RetryTier {
     /// The delay as written in configuration, such as `10s`; part of the topic name.
     pub name: String,
     pub delay: Duration,
-    /// The topic that holds deliveries waiting on this tier.
+    /// The topic that contains deliveries waiting on this tier.
     pub topic: String,
 }
 

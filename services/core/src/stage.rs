@@ -30,7 +30,7 @@ pub struct StageSettings {
     pub shutdown_timeout: Duration,
 }
 
-/// Why a stage stopped.
+/// The error that stopped a stage.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError<E: std::error::Error + 'static> {
     #[error("work on {topic}/{partition}/{offset} failed")]
@@ -139,18 +139,32 @@ fn record_finished<E: std::error::Error + 'static>(
             source,
         });
     }
-    let Some(through) = tracker.finish(&(topic.clone(), partition), offset, generation) else {
-        return Ok(());
-    };
-    // store_offset records `through + 1` as the next offset to read; auto-commit sends it.
-    if let Err(error) = consumer.store_offset(&topic, partition, through) {
-        // The partition was revoked in the meantime: its new owner reads from the last commit.
-        tracing::debug!(%topic, partition, offset = through, %error, "offset not stored");
-    }
+    store_finished(consumer, tracker, &(topic, partition), offset, generation);
     Ok(())
 }
 
-fn commit(consumer: &StreamConsumer<GenerationContext>, stage: &'static str) {
+/// Marks `offset` finished and stores the offset up to which its partition is finished, if that
+/// moved forward. Shared by every loop that stores offsets in order.
+pub fn store_finished(
+    consumer: &StreamConsumer<GenerationContext>,
+    tracker: &mut OffsetTracker,
+    partition: &TopicPartition,
+    offset: i64,
+    generation: u64,
+) {
+    let Some(through) = tracker.finish(partition, offset, generation) else {
+        return;
+    };
+    let (topic, partition) = partition;
+    // store_offset records `through + 1` as the next offset to read; auto-commit sends it.
+    if let Err(error) = consumer.store_offset(topic, *partition, through) {
+        // The partition was revoked in the meantime: its new owner reads from the last commit.
+        tracing::debug!(%topic, partition, offset = through, %error, "offset not stored");
+    }
+}
+
+/// Commits the stored offsets synchronously, as the last step of a loop's shutdown.
+pub fn commit(consumer: &StreamConsumer<GenerationContext>, stage: &'static str) {
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => tracing::info!(stage, "offsets committed"),
         Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}

@@ -15,7 +15,7 @@ use crate::signing::Secret;
 
 /// The request timeout when a subscription sets none, in milliseconds.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
-/// The longest request timeout a subscription may set, in milliseconds.
+/// The maximum request timeout a subscription may set, in milliseconds.
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
 const MAX_SUBSCRIPTION_ID_BYTES: usize = 128;
 

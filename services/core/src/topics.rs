@@ -26,12 +26,12 @@ pub struct TopicPlan {
     pub config: BTreeMap<String, String>,
 }
 
-/// What happened to one topic.
+/// The result of applying one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicOutcome {
     Created,
     Unchanged,
-    /// The topic exists but differs; each entry says how.
+    /// The topic exists but differs; each entry describes one difference.
     Differs(Vec<String>),
 }
 
@@ -53,7 +53,7 @@ pub enum TopicsError {
     },
 }
 
-/// Lists the topics the configuration asks for.
+/// Lists the topics the configuration requires.
 pub fn plan(config: &HeraldConfig) -> Vec<TopicPlan> {
     let topics = &config.topics;
     let side_topic_config = BTreeMap::from([(
@@ -104,7 +104,7 @@ pub fn plan(config: &HeraldConfig) -> Vec<TopicPlan> {
     plans
 }
 
-/// The attempt log answers "what happened to this delivery" for as long as dead letters are kept.
+/// The attempt log records the history of each delivery for as long as dead letters are kept.
 fn side_topic_config_for_attempts() -> BTreeMap<String, String> {
     BTreeMap::from([(
         "retention.ms".to_owned(),

@@ -5,13 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 use herald_core::config::HeraldConfig;
-use herald_core::kafka::{self, GenerationContext};
+use herald_core::kafka;
 use herald_core::stage::{StageError, StageSettings, run_stage};
 use herald_core::subscription::SubscriptionTable;
 
@@ -24,12 +23,14 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 pub enum RouterError {
     #[error("no source topics configured (router.source_topics)")]
     NoSourceTopics,
-    #[error("cannot create the Kafka consumer")]
-    Consumer(#[source] KafkaError),
+    #[error("cannot create the Kafka consumer for {topics}")]
+    Consumer {
+        topics: String,
+        #[source]
+        source: KafkaError,
+    },
     #[error("cannot create the Kafka producer")]
     Producer(#[source] KafkaError),
-    #[error("cannot subscribe to the source topics")]
-    Subscribe(#[source] KafkaError),
     #[error("produce to {topic} failed")]
     Produce {
         topic: String,
@@ -58,13 +59,11 @@ pub async fn run(
     if topics.is_empty() {
         return Err(RouterError::NoSourceTopics);
     }
-    let consumer: StreamConsumer<GenerationContext> =
-        kafka::consumer_config(&config.kafka, &config.router.group_id)
-            .create_with_context(GenerationContext::new(&config.router.group_id))
-            .map_err(RouterError::Consumer)?;
-    consumer
-        .subscribe(&topics)
-        .map_err(RouterError::Subscribe)?;
+    let consumer = kafka::subscribed_consumer(&config.kafka, &config.router.group_id, &topics)
+        .map_err(|source| RouterError::Consumer {
+            topics: topics.join(","),
+            source,
+        })?;
     let producer = kafka::producer(&config.kafka).map_err(RouterError::Producer)?;
 
     tracing::info!(

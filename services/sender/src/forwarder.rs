@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use rdkafka::Message;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use herald_core::headers;
 use herald_core::kafka::GenerationContext;
 use herald_core::offsets::{OffsetTracker, TopicPartition};
+use herald_core::stage::{commit, store_finished};
 
 use crate::run::SenderError;
 
@@ -118,9 +119,7 @@ pub(crate) async fn run_forwarder(
             Ok(None) | Err(_) => break,
         }
     }
-    if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
-        tracing::debug!(stage = "forwarder", %error, "final commit skipped");
-    }
+    commit(consumer, "forwarder");
     Ok(())
 }
 
@@ -248,12 +247,12 @@ fn record_forwarded(
     forwarded: Forwarded,
 ) -> Result<(), SenderError> {
     forwarded.result?;
-    if let Some(through) =
-        tracker.finish(&forwarded.partition, forwarded.offset, forwarded.generation)
-        && let Err(error) =
-            consumer.store_offset(&forwarded.partition.0, forwarded.partition.1, through)
-    {
-        tracing::debug!(topic = %forwarded.partition.0, partition = forwarded.partition.1, %error, "offset not stored");
-    }
+    store_finished(
+        consumer,
+        tracker,
+        &forwarded.partition,
+        forwarded.offset,
+        forwarded.generation,
+    );
     Ok(())
 }

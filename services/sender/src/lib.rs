@@ -1,5 +1,5 @@
 //! The sender: reads deliveries, signs each one per Standard Webhooks and POSTs it to its
-//! subscription's endpoint; failed attempts wait on retry tiers, and the delay forwarder sends
+//! subscription's endpoint. Failed attempts wait on retry tiers, and the delay forwarder sends
 //! them back when due. A delivery's offset is stored only after its outcome is safe: a 2xx from
 //! the endpoint, or an acknowledged record on a tier or the dead-letter topic.
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaError;
 use tokio::sync::watch;
 
@@ -24,12 +24,10 @@ use crate::forwarder::run_forwarder;
 pub enum SenderError {
     #[error("invalid retry schedule: {0}")]
     Schedule(String),
-    #[error("cannot create the Kafka consumer")]
-    Consumer(#[source] KafkaError),
     #[error("cannot create the Kafka producer")]
     Producer(#[source] KafkaError),
-    #[error("cannot subscribe to {topic}")]
-    Subscribe {
+    #[error("cannot create the Kafka consumer for {topic}")]
+    Consumer {
         topic: String,
         #[source]
         source: KafkaError,
@@ -51,17 +49,12 @@ fn consumer(
     group_id: &str,
     topics: &[&str],
 ) -> Result<StreamConsumer<GenerationContext>, SenderError> {
-    let consumer: StreamConsumer<GenerationContext> =
-        kafka::consumer_config(&config.kafka, group_id)
-            .create_with_context(GenerationContext::new(group_id))
-            .map_err(SenderError::Consumer)?;
-    consumer
-        .subscribe(topics)
-        .map_err(|source| SenderError::Subscribe {
+    kafka::subscribed_consumer(&config.kafka, group_id, topics).map_err(|source| {
+        SenderError::Consumer {
             topic: topics.join(","),
             source,
-        })?;
-    Ok(consumer)
+        }
+    })
 }
 
 /// Runs the sender and the delay forwarder until `shutdown` resolves. An error means a record

@@ -169,7 +169,7 @@ impl Receiver {
         self.state.status.store(status.as_u16(), Ordering::Relaxed);
     }
 
-    /// Answers the first `attempts` requests for each `webhook-id` with `status` (and a
+    /// Responds to the first `attempts` requests for each `webhook-id` with `status` (and a
     /// `Retry-After` header when given), then as usual: an endpoint that recovers.
     pub fn fail_first(&self, attempts: u32, status: StatusCode, retry_after: Option<&str>) {
         *lock(&self.state.failure_plan) = Some(FailurePlan {
@@ -186,8 +186,8 @@ impl Receiver {
             .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Answers accepted requests at once but sends the body one byte per `interval`, `bytes`
-    /// bytes in all: an endpoint that answers slowly byte by byte.
+    /// Responds to accepted requests at once but sends the body one byte per `interval`, `bytes`
+    /// bytes in all: an endpoint that responds slowly byte by byte.
     pub fn respond_slowly(&self, bytes: usize, interval: std::time::Duration) {
         *lock(&self.state.slow_body) = Some((bytes, interval));
     }
@@ -199,7 +199,7 @@ impl Receiver {
         self.state.delay_spread_ms.store(spread, Ordering::Relaxed);
     }
 
-    /// Answers a random `fraction` of verified requests with `status`, independently of their id.
+    /// Responds to a random `fraction` of verified requests with `status`, independently of their id.
     pub fn fail_randomly(&self, fraction: f64, status: StatusCode) {
         let per_mille = (fraction.clamp(0.0, 1.0) * 1000.0).round() as u64;
         self.state

@@ -12,10 +12,10 @@ use sha2::Sha256;
 pub const SECRET_PREFIX: &str = "whsec_";
 /// The shortest secret accepted, in bytes after decoding, as the Standard Webhooks spec requires.
 pub const MIN_SECRET_BYTES: usize = 24;
-/// The longest secret accepted, in bytes after decoding.
+/// The maximum secret length, in bytes after decoding.
 pub const MAX_SECRET_BYTES: usize = 64;
 
-/// Why a secret's text form was rejected. The secret itself is never part of the message.
+/// The reason a secret's text form was rejected. The secret itself is never part of the message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecretError {
     #[error("secret must start with \"{SECRET_PREFIX}\"")]
@@ -89,7 +89,7 @@ impl std::fmt::Debug for Secret {
 }
 
 /// Builds the `webhook-signature` header value: one signature per secret, separated by spaces,
-/// so a receiver that knows either the old or the new secret accepts the request during rotation.
+/// so a receiver with either the old or the new secret accepts the request during rotation.
 pub fn signature_header(
     secrets: &[Secret],
     webhook_id: &str,

@@ -1,7 +1,7 @@
 //! `herald-demo`: Herald end to end on the sample events against a local Kafka. It starts the
 //! router, the sender and one reference receiver per example subscription, publishes the banking
 //! events as a core banking system would, and waits for every expected delivery. One receiver
-//! fails the first two attempts of each webhook and recovers through the retry tiers; another
+//! fails the first two attempts of each webhook and recovers through the retry tiers. Another
 //! always fails, so its deliveries end in the dead-letter topic. Then it publishes the hostile
 //! records and shows what was rejected and why. Exits non-zero if anything is missing.
 //!
@@ -30,7 +30,7 @@ const SUBSCRIPTIONS: &[(&str, &[&str])] = &[
 ];
 /// Fails the first two attempts of every webhook, then accepts: it recovers through the tiers.
 const FLAKY: &str = "risk";
-/// Answers 503 to everything: its deliveries end in the dead-letter topic.
+/// Responds 503 to everything, so its deliveries end in the dead-letter topic.
 const DEAD: &str = "archive";
 
 #[tokio::main]
