@@ -3,7 +3,7 @@
 //! idempotent producers with `acks=all`, bounded consumer queues, cooperative rebalancing.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
@@ -17,6 +17,9 @@ use crate::offsets::TopicPartition;
 const CONSUMER_QUEUE_KILOBYTES: &str = "16384";
 /// How long a producer waits to fill a batch, in milliseconds.
 const PRODUCER_LINGER_MS: &str = "5";
+/// How much unacknowledged data a producer may buffer, in kilobytes; a full buffer makes the
+/// stage wait instead of growing.
+const PRODUCER_BUFFER_KILOBYTES: &str = "65536";
 
 fn base(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
@@ -47,6 +50,9 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("queued.max.messages.kbytes", CONSUMER_QUEUE_KILOBYTES);
+    if let Some(name) = &kafka.group_instance_id {
+        config.set("group.instance.id", name);
+    }
     with_overrides(config, kafka, &kafka.consumer)
 }
 
@@ -73,6 +79,7 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("acks", "all")
         .set("linger.ms", PRODUCER_LINGER_MS)
         .set("compression.type", "lz4")
+        .set("queue.buffering.max.kbytes", PRODUCER_BUFFER_KILOBYTES)
         .set("message.timeout.ms", kafka.produce_timeout_ms.to_string());
     with_overrides(config, kafka, &kafka.producer)
 }
@@ -87,12 +94,27 @@ pub fn producer(kafka: &KafkaConfig) -> rdkafka::error::KafkaResult<FutureProduc
     producer_config(kafka).create()
 }
 
+/// What a consume loop does when partitions are taken away from it: called inside the rebalance,
+/// before the partitions go, so that work in flight can finish and its offsets be committed.
+pub trait RevokeHandler: Send + Sync {
+    /// Finishes what it can for `revoked` and stores and commits the offsets; `lost` is true when
+    /// the group has already given the partitions to another member, and nothing may be committed.
+    fn revoked(
+        &self,
+        consumer: &BaseConsumer<GenerationContext>,
+        revoked: &[TopicPartition],
+        lost: bool,
+    );
+}
+
 /// A consumer context that counts assignment generations per partition, so that work started
-/// under an earlier assignment is recognised after a rebalance. See [`crate::offsets`].
+/// under an earlier assignment is recognised after a rebalance (see [`crate::offsets`]), and
+/// hands revoked partitions to the consume loop's [`RevokeHandler`].
 #[derive(Clone)]
 pub struct GenerationContext {
     group_id: Arc<str>,
     generations: Arc<Mutex<HashMap<TopicPartition, u64>>>,
+    on_revoke: Arc<OnceLock<Arc<dyn RevokeHandler>>>,
 }
 
 impl GenerationContext {
@@ -101,7 +123,13 @@ impl GenerationContext {
         Self {
             group_id: Arc::from(group_id),
             generations: Arc::default(),
+            on_revoke: Arc::default(),
         }
+    }
+
+    /// Sets what runs when partitions are revoked; only the first call has an effect.
+    pub fn on_revoke(&self, handler: Arc<dyn RevokeHandler>) {
+        let _ = self.on_revoke.set(handler);
     }
 
     /// Returns the current generation of a partition.
@@ -132,9 +160,20 @@ impl GenerationContext {
 impl ClientContext for GenerationContext {}
 
 impl ConsumerContext for GenerationContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        use rdkafka::consumer::Consumer;
+
         if let Rebalance::Revoke(partitions) = rebalance {
-            tracing::info!(group_id = %self.group_id, partitions = partitions.count(), "partitions revoked");
+            let lost = consumer.assignment_lost();
+            tracing::info!(group_id = %self.group_id, partitions = partitions.count(), lost, "partitions revoked");
+            if let Some(handler) = self.on_revoke.get() {
+                let revoked: Vec<TopicPartition> = partitions
+                    .elements()
+                    .iter()
+                    .map(|element| (element.topic().to_owned(), element.partition()))
+                    .collect();
+                handler.revoked(consumer, &revoked, lost);
+            }
             self.advance(partitions);
         }
     }

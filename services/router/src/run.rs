@@ -75,6 +75,8 @@ pub async fn run(
     let settings = StageSettings {
         name: "router",
         max_in_flight: config.router.max_in_flight_events,
+        max_in_flight_per_partition: config.router.max_in_flight_events,
+        max_in_flight_bytes: config.router.max_in_flight_bytes,
         shutdown_timeout: Duration::from_millis(config.router.shutdown_timeout_ms),
     };
     let deliveries_topic = config.topics.deliveries.clone();

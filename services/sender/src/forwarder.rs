@@ -85,7 +85,7 @@ pub(crate) async fn run_forwarder(
                     .and_then(|text| humantime::parse_rfc3339(text).ok())
                     // A record without a readable due time is forwarded at once rather than held forever.
                     .unwrap_or(SystemTime::UNIX_EPOCH);
-                tracker.begin(&partition, message.offset(), generation);
+                tracker.begin(&partition, message.offset(), generation, 0);
                 holds.entry(partition).or_default().records.push_back(Held {
                     offset: message.offset(),
                     generation,
