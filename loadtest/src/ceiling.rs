@@ -59,6 +59,9 @@ pub async fn measure(
             secrets: vec![secret.expose()],
             enabled: true,
             timeout_ms: None,
+            rate_limit_per_second: None,
+            rate_limit_burst: None,
+            max_concurrency: None,
         });
         receivers.push(receiver);
     }

@@ -21,7 +21,17 @@ pub const DEFAULT_SENDER_GROUP: &str = "herald-sender";
 pub const DEFAULT_ROUTER_MAX_IN_FLIGHT_EVENTS: usize = 1_000;
 /// Below librdkafka's default `message.max.bytes` of 1,000,000, leaving room for key and headers.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 900_000;
-pub const DEFAULT_SENDER_MAX_IN_FLIGHT: usize = 256;
+pub const DEFAULT_SENDER_MAX_IN_FLIGHT: usize = 1_024;
+pub const DEFAULT_SENDER_MAX_IN_FLIGHT_PER_PARTITION: usize = 256;
+/// Payload bytes a stage may hold in unfinished work.
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 64 * 1024 * 1024;
+pub const DEFAULT_RATE_LIMIT_PER_SECOND: u32 = 1_000;
+pub const DEFAULT_RATE_LIMIT_BURST: u32 = 100;
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 50;
+pub const DEFAULT_PARK_AFTER_MS: u64 = 1_000;
+pub const DEFAULT_MAX_WAITING_PER_SUBSCRIPTION: usize = 1_000;
+pub const DEFAULT_CIRCUIT_FAILURE_THRESHOLD: u32 = 10;
+pub const DEFAULT_CIRCUIT_OPEN_MS: u64 = 30_000;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
@@ -55,6 +65,11 @@ pub struct KafkaConfig {
     pub bootstrap_servers: String,
     /// How long a produce may keep retrying before it fails for good, in milliseconds.
     pub produce_timeout_ms: u64,
+    /// Static group membership: a name that stays the same when this instance restarts, such as
+    /// the pod name of a StatefulSet. Every consumer of the process joins its group with it as
+    /// `group.instance.id`, so a restart within `session.timeout.ms` moves no partitions. Two
+    /// running instances must never share it.
+    pub group_instance_id: Option<String>,
     /// librdkafka settings for every client, passed through unchanged, such as
     /// `security.protocol`. In environment variables write underscores for the dots:
     /// `HERALD__KAFKA__CLIENT__SECURITY_PROTOCOL`.
@@ -72,6 +87,7 @@ impl Default for KafkaConfig {
         Self {
             bootstrap_servers: DEFAULT_BOOTSTRAP_SERVERS.to_owned(),
             produce_timeout_ms: DEFAULT_PRODUCE_TIMEOUT_MS,
+            group_instance_id: None,
             client: BTreeMap::new(),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
@@ -136,6 +152,8 @@ pub struct RouterConfig {
     pub source_topics: Vec<String>,
     /// Events whose deliveries may be waiting for Kafka's acknowledgement at once.
     pub max_in_flight_events: usize,
+    /// Bytes of those events; partitions pause when either limit is reached.
+    pub max_in_flight_bytes: usize,
     /// Larger events are rejected; keep it below the producer's `message.max.bytes`.
     pub max_event_bytes: usize,
     /// Time allowed on shutdown for events in flight, in milliseconds.
@@ -148,6 +166,7 @@ impl Default for RouterConfig {
             group_id: DEFAULT_ROUTER_GROUP.to_owned(),
             source_topics: Vec::new(),
             max_in_flight_events: DEFAULT_ROUTER_MAX_IN_FLIGHT_EVENTS,
+            max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
         }
@@ -159,8 +178,29 @@ impl Default for RouterConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SenderConfig {
     pub group_id: String,
-    /// Attempts in flight at once across all partitions.
+    /// Deliveries in flight at once across all partitions, waiting ones included.
     pub max_in_flight: usize,
+    /// Deliveries in flight at once in one partition of the deliveries topic.
+    pub max_in_flight_per_partition: usize,
+    /// Payload bytes of the deliveries in flight; partitions pause when any limit is reached.
+    pub max_in_flight_bytes: usize,
+    /// Requests per second to one subscription, unless the subscription sets its own; 0 for
+    /// no limit.
+    pub default_rate_limit_per_second: u32,
+    /// Requests that may go at once above the steady rate, unless the subscription sets its own.
+    pub default_rate_limit_burst: u32,
+    /// Requests open at once to one subscription, unless the subscription sets its own.
+    pub default_max_concurrency: u32,
+    /// A delivery that would wait longer than this for its subscription's limits is parked on the
+    /// first retry tier, without counting as an attempt, so that it does not hold the window.
+    pub park_after_ms: u64,
+    /// Deliveries that may wait for one subscription's limits; more are parked at once.
+    pub max_waiting_per_subscription: usize,
+    /// Failed attempts in a row that open a subscription's circuit.
+    pub circuit_failure_threshold: u32,
+    /// How long an open circuit sends deliveries straight to the next tier before one probe
+    /// attempt is let through, in milliseconds.
+    pub circuit_open_ms: u64,
     /// Time allowed to open a TCP connection, in milliseconds.
     pub connect_timeout_ms: u64,
     /// Allow `http://` endpoints. Only for local testing: requests and signatures travel in clear.
@@ -178,6 +218,15 @@ impl Default for SenderConfig {
         Self {
             group_id: DEFAULT_SENDER_GROUP.to_owned(),
             max_in_flight: DEFAULT_SENDER_MAX_IN_FLIGHT,
+            max_in_flight_per_partition: DEFAULT_SENDER_MAX_IN_FLIGHT_PER_PARTITION,
+            max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
+            default_rate_limit_per_second: DEFAULT_RATE_LIMIT_PER_SECOND,
+            default_rate_limit_burst: DEFAULT_RATE_LIMIT_BURST,
+            default_max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            park_after_ms: DEFAULT_PARK_AFTER_MS,
+            max_waiting_per_subscription: DEFAULT_MAX_WAITING_PER_SUBSCRIPTION,
+            circuit_failure_threshold: DEFAULT_CIRCUIT_FAILURE_THRESHOLD,
+            circuit_open_ms: DEFAULT_CIRCUIT_OPEN_MS,
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             allow_plain_http: false,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
@@ -449,6 +498,44 @@ impl HeraldConfig {
             "sender.connect_timeout_ms",
             self.sender.connect_timeout_ms,
         );
+        for (key, value) in [
+            (
+                "sender.max_in_flight_per_partition",
+                self.sender.max_in_flight_per_partition as u64,
+            ),
+            (
+                "sender.max_in_flight_bytes",
+                self.sender.max_in_flight_bytes as u64,
+            ),
+            (
+                "sender.default_rate_limit_burst",
+                u64::from(self.sender.default_rate_limit_burst),
+            ),
+            (
+                "sender.default_max_concurrency",
+                u64::from(self.sender.default_max_concurrency),
+            ),
+            ("sender.park_after_ms", self.sender.park_after_ms),
+            (
+                "sender.circuit_failure_threshold",
+                u64::from(self.sender.circuit_failure_threshold),
+            ),
+            ("sender.circuit_open_ms", self.sender.circuit_open_ms),
+            (
+                "router.max_in_flight_bytes",
+                self.router.max_in_flight_bytes as u64,
+            ),
+        ] {
+            require_positive(&mut problems, key, value);
+        }
+        if let Some(name) = &self.kafka.group_instance_id
+            && name.trim().is_empty()
+        {
+            problems.add(
+                "kafka.group_instance_id",
+                "must not be empty; leave it out for dynamic membership",
+            );
+        }
 
         match self.retry.schedule() {
             Ok(schedule) => {

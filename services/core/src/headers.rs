@@ -13,6 +13,7 @@ pub const LAST_ATTEMPT_AT: &str = "herald-last-attempt-at";
 pub const DUE_AT: &str = "herald-due-at";
 pub const TIER: &str = "herald-tier";
 pub const REDRIVEN_AT: &str = "herald-redriven-at";
+pub const PARKED: &str = "herald-parked";
 pub const LAST_STATUS: &str = "herald-last-status";
 pub const LAST_ERROR: &str = "herald-last-error";
 pub const DEAD_LETTER_REASON: &str = "herald-dead-letter-reason";
@@ -22,7 +23,7 @@ pub const TRACESTATE: &str = "tracestate";
 
 /// Headers that describe a delivery's attempts so far. The sender replaces them after each
 /// attempt, and a redrive drops them so the retry schedule starts again.
-pub const ATTEMPT_HISTORY: [&str; 8] = [
+pub const ATTEMPT_HISTORY: [&str; 9] = [
     ATTEMPT,
     FIRST_ATTEMPT_AT,
     LAST_ATTEMPT_AT,
@@ -31,6 +32,7 @@ pub const ATTEMPT_HISTORY: [&str; 8] = [
     DEAD_LETTER_REASON,
     DUE_AT,
     TIER,
+    PARKED,
 ];
 
 /// Headers a publisher may set that Herald carries unchanged from the event to every delivery.

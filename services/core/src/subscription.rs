@@ -40,6 +40,15 @@ pub struct SubscriptionSpec {
     /// Total time allowed for one attempt, in milliseconds.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Requests per second; the sender's `default_rate_limit_per_second` when absent.
+    #[serde(default)]
+    pub rate_limit_per_second: Option<u32>,
+    /// Requests that may go at once above the steady rate; the sender's default when absent.
+    #[serde(default)]
+    pub rate_limit_burst: Option<u32>,
+    /// Requests open at once; the sender's `default_max_concurrency` when absent.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
 }
 
 fn enabled_by_default() -> bool {
@@ -56,6 +65,9 @@ pub struct Subscription {
     pub secrets: Vec<Secret>,
     pub enabled: bool,
     pub timeout_ms: u64,
+    pub rate_limit_per_second: Option<u32>,
+    pub rate_limit_burst: Option<u32>,
+    pub max_concurrency: Option<u32>,
 }
 
 /// One entry of a subscription's event types.
@@ -157,6 +169,19 @@ pub fn check_spec(
         );
     }
 
+    for (field, value) in [
+        ("rate_limit_per_second", spec.rate_limit_per_second),
+        ("rate_limit_burst", spec.rate_limit_burst),
+        ("max_concurrency", spec.max_concurrency),
+    ] {
+        if value == Some(0) {
+            problems.add(
+                format!("{key}.{field}"),
+                "must be at least 1; leave it out for the sender's default",
+            );
+        }
+    }
+
     if problems.len() > before {
         return None;
     }
@@ -168,6 +193,9 @@ pub fn check_spec(
         secrets,
         enabled: spec.enabled,
         timeout_ms,
+        rate_limit_per_second: spec.rate_limit_per_second,
+        rate_limit_burst: spec.rate_limit_burst,
+        max_concurrency: spec.max_concurrency,
     })
 }
 
@@ -367,6 +395,9 @@ mod tests {
             secrets: vec![SECRET.into()],
             enabled: true,
             timeout_ms: None,
+            rate_limit_per_second: None,
+            rate_limit_burst: None,
+            max_concurrency: None,
         }
     }
 

@@ -99,6 +99,9 @@ mod tests {
             secrets: vec![SECRET.into()],
             enabled: true,
             timeout_ms: None,
+            rate_limit_per_second: None,
+            rate_limit_burst: None,
+            max_concurrency: None,
         };
         SubscriptionTable::from_specs(
             &[spec("ledger", &["payment.*"]), spec("audit", &["*"])],

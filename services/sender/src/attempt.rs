@@ -30,6 +30,9 @@ pub enum AttemptError {
     Request(String),
     #[error("cannot build the request: {0}")]
     InvalidRequest(String),
+    /// No request was made: the subscription's circuit is open after repeated failures.
+    #[error("not sent: the subscription's circuit is open after repeated failures")]
+    CircuitOpen,
 }
 
 impl AttemptError {
@@ -40,6 +43,7 @@ impl AttemptError {
             Self::Connect(_) => "connect",
             Self::Request(_) => "request",
             Self::InvalidRequest(_) => "invalid_request",
+            Self::CircuitOpen => "circuit_open",
         }
     }
 }

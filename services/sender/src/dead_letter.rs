@@ -64,6 +64,30 @@ pub fn retry_headers(
     )
 }
 
+/// Returns the headers of a delivery parked until `due_at` without an attempt: everything as it
+/// was, with a new due time and the count of parkings.
+pub fn park_headers(
+    original: Option<&OwnedHeaders>,
+    due_at: SystemTime,
+    parked: u32,
+) -> OwnedHeaders {
+    let due_at = rfc3339(due_at);
+    let parked = parked.to_string();
+    headers::copy_except(
+        original,
+        OwnedHeaders::new(),
+        &[headers::DUE_AT, headers::PARKED],
+    )
+    .insert(Header {
+        key: headers::DUE_AT,
+        value: Some(due_at.as_str()),
+    })
+    .insert(Header {
+        key: headers::PARKED,
+        value: Some(parked.as_str()),
+    })
+}
+
 fn with_history(
     original: Option<&OwnedHeaders>,
     history: &History<'_>,

@@ -16,10 +16,11 @@ use herald_core::headers;
 use herald_core::retry::RetrySchedule;
 use herald_core::subscription::SubscriptionTable;
 
-use crate::attempt::{AttemptInput, attempt};
+use crate::attempt::{AttemptError, AttemptInput, attempt};
 use crate::attempt_log::AttemptRecord;
 use crate::client::WebhookClient;
 use crate::dead_letter::{self, History};
+use crate::limits::{Admission, CircuitChange, Health, Limits};
 use crate::outcome::{DeadLetterReason, Outcome, decide};
 use crate::run::SenderError;
 
@@ -38,6 +39,9 @@ pub(crate) struct Shared {
     /// Subscriptions disabled by a 410 Gone since this process started.
     pub disabled: Mutex<HashSet<String>>,
     pub jitter_hasher: std::collections::hash_map::RandomState,
+    pub limits: Limits,
+    /// How long an open circuit stays open, for the log.
+    pub circuit_open: Duration,
 }
 
 /// A delivery record copied out of the consumer's buffer.
@@ -97,14 +101,35 @@ pub(crate) async fn deliver(shared: Arc<Shared>, delivery: Delivery) -> Result<(
         .header(headers::FIRST_ATTEMPT_AT)
         .and_then(|text| humantime::parse_rfc3339(text).ok())
         .unwrap_or(attempted_at);
-    let started = Instant::now();
-    let input = AttemptInput {
-        webhook_id: event_id,
-        body: delivery.body.clone(),
-        traceparent: delivery.header(headers::TRACEPARENT),
-        tracestate: delivery.header(headers::TRACESTATE),
+    let pass = match shared.limits.admit(subscription).await {
+        Admission::Go(pass) => Some(pass),
+        Admission::Park => return park(&shared, &delivery).await,
+        Admission::CircuitOpen => None,
     };
-    let result = attempt(&shared.client, subscription, input).await;
+    let started = Instant::now();
+    let result = match pass {
+        Some(pass) => {
+            let input = AttemptInput {
+                webhook_id: event_id,
+                body: delivery.body.clone(),
+                traceparent: delivery.header(headers::TRACEPARENT),
+                tracestate: delivery.header(headers::TRACESTATE),
+            };
+            let result = attempt(&shared.client, subscription, input).await;
+            let health = match &result {
+                Ok(response) if response.status.is_success() => Health::Healthy,
+                Ok(response) if response.status == http::StatusCode::TOO_MANY_REQUESTS => {
+                    Health::Throttled
+                }
+                _ => Health::Failing,
+            };
+            if let Some(change) = pass.finish(health) {
+                log_circuit_change(subscription_id, change, shared.circuit_open);
+            }
+            result
+        }
+        None => Err(AttemptError::CircuitOpen),
+    };
     let duration = started.elapsed();
 
     let history = History {
@@ -211,6 +236,57 @@ pub(crate) async fn deliver(shared: Arc<Shared>, delivery: Delivery) -> Result<(
     };
     tokio::try_join!(log_write, next_write)?;
     Ok(())
+}
+
+fn log_circuit_change(subscription_id: &str, change: CircuitChange, open_for: Duration) {
+    let open_for = humantime::format_duration(open_for).to_string();
+    match change {
+        CircuitChange::Opened => tracing::warn!(
+            subscription_id,
+            %open_for,
+            "circuit opened after repeated failures: deliveries go straight to the next retry tier until a probe succeeds"
+        ),
+        CircuitChange::Reopened => tracing::info!(
+            subscription_id,
+            %open_for,
+            "probe attempt failed: circuit open again"
+        ),
+        CircuitChange::Closed => tracing::warn!(
+            subscription_id,
+            "circuit closed: the endpoint answers again"
+        ),
+    }
+}
+
+/// Puts a delivery that would wait too long for its subscription's limits on the first retry
+/// tier, due after that tier's delay. It is not an attempt: its tier and attempt count stay as
+/// they were, and `herald-parked` counts the parkings since its last attempt.
+async fn park(shared: &Shared, delivery: &Delivery) -> Result<(), SenderError> {
+    let Some(tier) = shared.schedule.get(0) else {
+        return Err(SenderError::Schedule("no retry tier to park on".to_owned()));
+    };
+    let parked = delivery
+        .header(headers::PARKED)
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0)
+        .saturating_add(1);
+    let due_at = SystemTime::now() + tier.delay;
+    tracing::debug!(
+        subscription_id = delivery.header(headers::SUBSCRIPTION_ID),
+        event_id = delivery.header(headers::EVENT_ID),
+        parked,
+        tier = %tier.name,
+        "delivery parked: its subscription is at its limits"
+    );
+    let headers = dead_letter::park_headers(delivery.headers.as_ref(), due_at, parked);
+    shared
+        .produce(
+            &tier.topic,
+            delivery.key.as_deref(),
+            &delivery.body,
+            headers,
+        )
+        .await
 }
 
 fn dead_letter_record(

@@ -9,6 +9,7 @@ mod client;
 mod dead_letter;
 mod deliver;
 mod forwarder;
+mod limits;
 mod outcome;
 mod run;
 

@@ -19,6 +19,7 @@ use herald_core::subscription::SubscriptionTable;
 use crate::client::WebhookClient;
 use crate::deliver::{Delivery, Shared, deliver};
 use crate::forwarder::run_forwarder;
+use crate::limits::Limits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SenderError {
@@ -97,6 +98,8 @@ pub async fn run(
         produce_timeout: Duration::from_millis(config.kafka.produce_timeout_ms),
         disabled: Mutex::new(HashSet::new()),
         jitter_hasher: std::collections::hash_map::RandomState::new(),
+        limits: Limits::new(&config.sender),
+        circuit_open: Duration::from_millis(config.sender.circuit_open_ms),
     });
     tracing::info!(
         bootstrap_servers = %config.kafka.bootstrap_servers,
@@ -114,6 +117,8 @@ pub async fn run(
     let settings = StageSettings {
         name: "sender",
         max_in_flight: config.sender.max_in_flight,
+        max_in_flight_per_partition: config.sender.max_in_flight_per_partition,
+        max_in_flight_bytes: config.sender.max_in_flight_bytes,
         shutdown_timeout: Duration::from_millis(config.sender.shutdown_timeout_ms),
     };
     let deliveries = async {
