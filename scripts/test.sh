@@ -22,7 +22,7 @@ export HERALD_PYTHON
 # Binaries first: the end-to-end tests start `herald` as a child process.
 cargo build --workspace --bins
 log=$(mktemp)
-cargo test --workspace 2>&1 | tee "$log"
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 
 # A short load-test run that checks the harness's own accounting: nothing missing, no
 # unexplained duplicates, every signature valid. Long runs stay out of CI.

@@ -25,6 +25,14 @@ use crate::stats::LatencyRecorder;
 
 /// Time the services get to stop on SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Sender settings every scenario gets unless it sets them: no rate limit per subscription, and
+/// room for 200 requests open at once to each one, enough for one subscription to take the
+/// whole load of a fan-out 1 run while a hanging endpoint still cannot fill the window.
+const HARNESS_LIMITS: [(&str, &str); 2] = [
+    ("HERALD__SENDER__DEFAULT_RATE_LIMIT_PER_SECOND", "0"),
+    ("HERALD__SENDER__DEFAULT_MAX_CONCURRENCY", "200"),
+];
+
 /// A hanging endpoint responds after this long, which is longer than any attempt timeout.
 const HANG: Duration = Duration::from_secs(3600);
 /// A slow endpoint's body: 64 bytes, one per 100 ms, 6.4 s in all.
@@ -150,16 +158,26 @@ pub async fn run(scenario: &LoadScenario, commit: &str) -> anyhow::Result<Report
         forget_requests: true,
         hook: Some(hook),
         deliveries_partitions: Some(12),
+        circuit_failure_threshold: Some(herald_core::config::DEFAULT_CIRCUIT_FAILURE_THRESHOLD),
+        ..ScenarioOptions::default()
     };
     let setup =
         Scenario::with_options(&format!("lt-{}", scenario.name), &subscriptions, options).await?;
     configure_endpoints(scenario, &setup);
 
-    let environment: Vec<(&str, &str)> = scenario
-        .herald_environment
+    // The harness measures capacity: per-subscription limits are raised above Herald's defaults
+    // unless the scenario sets them itself.
+    let mut environment: Vec<(&str, &str)> = HARNESS_LIMITS
         .iter()
-        .map(|(key, value)| (key.as_str(), value.as_str()))
+        .filter(|(key, _)| !scenario.herald_environment.contains_key(*key))
+        .copied()
         .collect();
+    environment.extend(
+        scenario
+            .herald_environment
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str())),
+    );
     let mut router = setup.start_with("router", &environment)?;
     let mut sender = setup.start_with("sender", &environment)?;
 

@@ -91,3 +91,24 @@ pub fn bad_events() -> anyhow::Result<Vec<SampleRecord>> {
         })
         .collect()
 }
+
+/// Returns `count` small `payment.settled` events with distinct ids `evt_<prefix>_<n>`, keyed
+/// over 17 customers.
+pub fn synthetic_payments(prefix: &str, count: usize) -> Vec<SampleRecord> {
+    (0..count)
+        .map(|n| {
+            let value = serde_json::json!({
+                "eventId": format!("evt_{prefix}_{n:05}"),
+                "eventType": "payment.settled",
+                "timestamp": "2026-12-04T10:00:00Z",
+                "data": {"paymentId": format!("PAY_{n}"), "amount": "100.00", "currency": "CHF"}
+            });
+            SampleRecord {
+                key: format!("CUST_{}", n % 17),
+                value: Some(value.to_string().into_bytes()),
+                expect_delivery: true,
+                why: String::new(),
+            }
+        })
+        .collect()
+}

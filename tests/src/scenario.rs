@@ -24,6 +24,13 @@ pub struct ScenarioOptions {
     pub hook: Option<herald_verify::receiver::RequestHook>,
     /// Partitions of the deliveries topic (4 unless set).
     pub deliveries_partitions: Option<i32>,
+    /// More settings of one subscription, by endpoint name, as YAML `key: value` pairs such as
+    /// `("rate_limit_per_second", "20")`.
+    pub subscription_settings: BTreeMap<String, Vec<(String, String)>>,
+    /// `sender.circuit_failure_threshold`. Functional tests keep circuits closed (a million
+    /// failures), so that every retry they expect is a real request; tests of the circuit and
+    /// load tests set it.
+    pub circuit_failure_threshold: Option<u32>,
 }
 
 /// A subscription of the scenario and the receiver behind it.
@@ -59,6 +66,8 @@ pub struct Topics {
     pub rejected: String,
     pub dlq: String,
     pub attempts: String,
+    /// The first retry tier (1s), where parked deliveries wait too.
+    pub first_tier: String,
 }
 
 /// A configured set-up whose services are started on demand.
@@ -92,6 +101,7 @@ impl Scenario {
             rejected: format!("{prefix}.rejected"),
             dlq: format!("{prefix}.dlq"),
             attempts: format!("{prefix}.attempts"),
+            first_tier: format!("{prefix}.retry.1s"),
         };
 
         let mut endpoints = Vec::new();
@@ -118,7 +128,10 @@ impl Scenario {
         }
 
         let subscriptions_path = folder.join("subscriptions.yaml");
-        std::fs::write(&subscriptions_path, subscriptions_yaml(&endpoints))?;
+        std::fs::write(
+            &subscriptions_path,
+            subscriptions_yaml(&endpoints, &options.subscription_settings),
+        )?;
         let config_path = folder.join("herald.toml");
         let config_text = format!(
             r#"[kafka]
@@ -148,6 +161,7 @@ source_topics = ["{domain}"]
 [sender]
 group_id = "{prefix}-sender"
 allow_plain_http = true
+circuit_failure_threshold = {circuit_failure_threshold}
 
 [subscriptions]
 file = "{subscriptions}"
@@ -163,6 +177,7 @@ forwarder_group_id = "{prefix}-forwarder"
             dlq = topics.dlq,
             attempts = topics.attempts,
             deliveries_partitions = options.deliveries_partitions.unwrap_or(4),
+            circuit_failure_threshold = options.circuit_failure_threshold.unwrap_or(1_000_000),
             domain = topics.domain,
             subscriptions = subscriptions_path.display(),
         );
@@ -266,7 +281,10 @@ forwarder_group_id = "{prefix}-forwarder"
     }
 }
 
-fn subscriptions_yaml(endpoints: &[Endpoint]) -> String {
+fn subscriptions_yaml(
+    endpoints: &[Endpoint],
+    settings: &BTreeMap<String, Vec<(String, String)>>,
+) -> String {
     let mut yaml = String::from("subscriptions:\n");
     for endpoint in endpoints {
         let types: Vec<String> = endpoint
@@ -281,6 +299,9 @@ fn subscriptions_yaml(endpoints: &[Endpoint]) -> String {
             types = types.join(", "),
             secret = endpoint.secret.expose(),
         ));
+        for (key, value) in settings.get(&endpoint.name).into_iter().flatten() {
+            yaml.push_str(&format!("    {key}: {value}\n"));
+        }
     }
     yaml
 }

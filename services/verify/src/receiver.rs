@@ -61,6 +61,27 @@ pub struct Counts {
     pub duplicates: AtomicU64,
     /// Verified requests given a failure status on purpose (see [`Receiver::fail_first`]).
     pub failed: AtomicU64,
+    /// Requests read and not yet answered, delayed ones included.
+    pub in_progress: AtomicU64,
+    /// The most requests that were in progress at the same time.
+    pub max_in_progress: AtomicU64,
+}
+
+/// Counts a request as in progress while it lives.
+struct InProgress<'a>(&'a Counts);
+
+impl<'a> InProgress<'a> {
+    fn enter(counts: &'a Counts) -> Self {
+        let now = counts.in_progress.fetch_add(1, Ordering::AcqRel) + 1;
+        counts.max_in_progress.fetch_max(now, Ordering::AcqRel);
+        Self(counts)
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.in_progress.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A line of the JSON-lines log.
@@ -267,6 +288,7 @@ async fn handle(
     else {
         return Ok(respond(StatusCode::PAYLOAD_TOO_LARGE));
     };
+    let _in_progress = InProgress::enter(&state.counts);
     let spread = state.delay_spread_ms.load(Ordering::Relaxed);
     let extra = if spread > 0 {
         state.draw() % (spread + 1)
