@@ -26,11 +26,11 @@ use crate::stats::LatencyRecorder;
 /// Time the services get to stop on SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Sender settings every scenario gets unless it sets them: no rate limit per subscription, and
-/// room for 200 requests open at once to each one, enough for one subscription to take the
-/// whole load of a fan-out 1 run while a hanging endpoint still cannot fill the window.
+/// room for 100 requests open at once to each one, enough for one subscription to take the
+/// whole load of a fan-out 1 run while a hanging endpoint still cannot fill a partition's window.
 const HARNESS_LIMITS: [(&str, &str); 2] = [
     ("HERALD__SENDER__DEFAULT_RATE_LIMIT_PER_SECOND", "0"),
-    ("HERALD__SENDER__DEFAULT_MAX_CONCURRENCY", "200"),
+    ("HERALD__SENDER__DEFAULT_MAX_CONCURRENCY", "100"),
 ];
 
 /// A hanging endpoint responds after this long, which is longer than any attempt timeout.

@@ -22,7 +22,7 @@ pub const DEFAULT_ROUTER_MAX_IN_FLIGHT_EVENTS: usize = 1_000;
 /// Below librdkafka's default `message.max.bytes` of 1,000,000, leaving room for key and headers.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 900_000;
 pub const DEFAULT_SENDER_MAX_IN_FLIGHT: usize = 1_024;
-pub const DEFAULT_SENDER_MAX_IN_FLIGHT_PER_PARTITION: usize = 256;
+pub const DEFAULT_SENDER_MAX_IN_FLIGHT_PER_PARTITION: usize = 512;
 /// Payload bytes a stage may hold in unfinished work.
 pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_RATE_LIMIT_PER_SECOND: u32 = 1_000;
@@ -527,6 +527,16 @@ impl HeraldConfig {
             ),
         ] {
             require_positive(&mut problems, key, value);
+        }
+        // A subscription may fill its concurrency and an equal waiting line: that must leave room
+        // in its partition's window for the other subscriptions there.
+        if self.sender.max_in_flight_per_partition as u64
+            <= 2 * u64::from(self.sender.default_max_concurrency)
+        {
+            problems.add(
+                "sender.max_in_flight_per_partition",
+                "must be more than twice sender.default_max_concurrency, so that one subscription cannot fill a partition's window",
+            );
         }
         if let Some(name) = &self.kafka.group_instance_id
             && name.trim().is_empty()

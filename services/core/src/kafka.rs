@@ -15,6 +15,10 @@ use crate::offsets::TopicPartition;
 
 /// How much fetched data a consumer may queue, in kilobytes: bounds memory whatever the backlog.
 const CONSUMER_QUEUE_KILOBYTES: &str = "16384";
+/// How long the broker may hold a fetch that has no new data, in milliseconds. librdkafka's
+/// default of 500 showed up as a p99 of about 300 ms at a moderate, steady load (see
+/// loadtest/README.md); an idle consumer then sends up to 20 fetches a second.
+const CONSUMER_FETCH_WAIT_MS: &str = "50";
 /// How long a producer waits to fill a batch, in milliseconds.
 const PRODUCER_LINGER_MS: &str = "5";
 /// How much unacknowledged data a producer may buffer, in kilobytes; a full buffer makes the
@@ -49,7 +53,8 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("queued.max.messages.kbytes", CONSUMER_QUEUE_KILOBYTES);
+        .set("queued.max.messages.kbytes", CONSUMER_QUEUE_KILOBYTES)
+        .set("fetch.wait.max.ms", CONSUMER_FETCH_WAIT_MS);
     if let Some(name) = &kafka.group_instance_id {
         config.set("group.instance.id", name);
     }

@@ -15,6 +15,11 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::attempt::AttemptError;
 
+/// The longest time spent reading a response body once the status has arrived. A body that
+/// takes longer is abandoned with its connection, so a slowly streaming endpoint does not keep
+/// its concurrency slots for the whole attempt timeout.
+const MAX_BODY_READ: Duration = Duration::from_secs(1);
+
 /// A client shared by every attempt of one sender.
 #[derive(Clone)]
 pub struct WebhookClient {
@@ -60,9 +65,11 @@ impl WebhookClient {
         let status = response.status();
         let retry_after = retry_after(response.headers(), SystemTime::now());
         // The body is read only so the connection can be reused; its content is discarded. A body
-        // over the limit or past the deadline ends the read, and the connection is not reused.
+        // over the limit, past the deadline or slower than MAX_BODY_READ ends the read, and the
+        // connection is not reused.
         let body = Limited::new(response.into_body(), self.max_response_bytes).collect();
-        let _ = tokio::time::timeout_at(deadline, body).await;
+        let body_deadline = deadline.min(tokio::time::Instant::now() + MAX_BODY_READ);
+        let _ = tokio::time::timeout_at(body_deadline, body).await;
         Ok(HttpResponse {
             status,
             retry_after,
@@ -146,6 +153,18 @@ mod tests {
 
     #[tokio::test]
     async fn slow_body_after_2xx_is_still_delivered() {
+        slow_body_read_ends_by(Duration::from_millis(300), Duration::from_millis(300)).await;
+    }
+
+    #[tokio::test]
+    async fn slow_body_read_is_capped() {
+        // The attempt may last 20 s, but the body is given MAX_BODY_READ only.
+        slow_body_read_ends_by(Duration::from_secs(20), MAX_BODY_READ).await;
+    }
+
+    /// Sends to an endpoint whose body takes five seconds and checks the read ends after
+    /// `expected` (and well before the body would be complete).
+    async fn slow_body_read_ends_by(timeout: Duration, expected: Duration) {
         use herald_verify::receiver::{Receiver, ReceiverOptions};
 
         let secret = herald_verify::Secret::from_bytes(vec![1; 32]).expect("valid secret");
@@ -163,7 +182,7 @@ mod tests {
             },
         )
         .expect("receiver");
-        // 100 bytes at 50 ms each: five seconds, far past the 300 ms timeout below.
+        // 100 bytes at 50 ms each: five seconds.
         receiver.respond_slowly(100, Duration::from_millis(50));
         let timestamp = herald_core::time::unix_seconds(SystemTime::now());
         let request = Request::post(format!("http://{}/hook", receiver.address()))
@@ -175,15 +194,15 @@ mod tests {
 
         let client = WebhookClient::new(Duration::from_secs(1), 16 * 1024);
         let started = std::time::Instant::now();
-        let result = client.send(request, Duration::from_millis(300)).await;
+        let result = client.send(request, timeout).await;
         assert_eq!(result.map(|response| response.status), Ok(StatusCode::OK));
         let elapsed = started.elapsed();
         assert!(
-            elapsed >= Duration::from_millis(300),
+            elapsed >= expected,
             "the body was not read at all: {elapsed:?}"
         );
         assert!(
-            elapsed < Duration::from_secs(2),
+            elapsed < expected + Duration::from_millis(1_500),
             "the body was read past the deadline: {elapsed:?}"
         );
     }
