@@ -24,6 +24,9 @@ start_timeout_s=${HERALD_KAFKA_START_TIMEOUT_S:-120}
 libs=$cache/libs
 data=$cache/data
 pid_file=$cache/kafka.pid
+# The port of the broker this script started, so status and bootstrap report where it listens
+# whatever the calling shell sets.
+port_file=$cache/kafka.port
 
 log() { echo "kafka.sh: $*" >&2; }
 
@@ -88,7 +91,7 @@ start() {
     return
   fi
   if pid=$(running_pid); then
-    log "already running (PID $pid) on 127.0.0.1:$port"
+    log "already running (PID $pid) on 127.0.0.1:$(running_port)"
     return
   fi
   if ready; then
@@ -108,6 +111,7 @@ start() {
     -Dlog4j2.configurationFile="$here/log4j2.properties" -Dkafka.logs.dir="$cache/logs" \
     kafka.Kafka "$cache/server.properties" >"$cache/logs/stdout.log" 2>&1 &
   echo $! >"$pid_file"
+  echo "$port" >"$port_file"
   log "started (PID $!), waiting until it answers on 127.0.0.1:$port"
   local deadline=$((SECONDS + start_timeout_s))
   until ready; do
@@ -142,7 +146,7 @@ stop() {
     fi
     sleep 0.2
   done
-  rm -f "$pid_file"
+  rm -f "$pid_file" "$port_file"
   log "stopped (PID $pid)"
 }
 
@@ -150,15 +154,20 @@ status() {
   if external; then
     echo "external cluster: $KAFKA_BOOTSTRAP_SERVERS"
   elif pid=$(running_pid); then
-    echo "running (PID $pid) on 127.0.0.1:$port"
+    echo "running (PID $pid) on 127.0.0.1:$(running_port)"
   else
     echo "not running"
     return 1
   fi
 }
 
+# Prints the port of the running broker, or the configured one when none runs.
+running_port() {
+  if running_pid >/dev/null && [[ -f $port_file ]]; then cat "$port_file"; else echo "$port"; fi
+}
+
 bootstrap() {
-  if external; then echo "$KAFKA_BOOTSTRAP_SERVERS"; else echo "127.0.0.1:$port"; fi
+  if external; then echo "$KAFKA_BOOTSTRAP_SERVERS"; else echo "127.0.0.1:$(running_port)"; fi
 }
 
 case "${1:-}" in

@@ -517,6 +517,10 @@ impl HeraldConfig {
             ),
             ("sender.park_after_ms", self.sender.park_after_ms),
             (
+                "sender.max_waiting_per_subscription",
+                self.sender.max_waiting_per_subscription as u64,
+            ),
+            (
                 "sender.circuit_failure_threshold",
                 u64::from(self.sender.circuit_failure_threshold),
             ),
@@ -732,6 +736,9 @@ mod tests {
                 ("HERALD__SENDER__MAX_IN_FLIGHT", "0"),
                 ("HERALD__TOPICS__DELIVERIES", "bad topic"),
                 ("HERALD__TOPICS__DELIVERIES_PARTITIONS", "0"),
+                ("HERALD__SENDER__MAX_WAITING_PER_SUBSCRIPTION", "0"),
+                ("HERALD__SENDER__MAX_IN_FLIGHT_PER_PARTITION", "100"),
+                ("HERALD__KAFKA__GROUP_INSTANCE_ID", " "),
             ]),
         )
         .expect_err("invalid values");
@@ -744,7 +751,10 @@ mod tests {
             [
                 "topics.deliveries",
                 "topics.deliveries_partitions",
-                "sender.max_in_flight"
+                "sender.max_in_flight",
+                "sender.max_waiting_per_subscription",
+                "sender.max_in_flight_per_partition",
+                "kafka.group_instance_id"
             ]
         );
     }

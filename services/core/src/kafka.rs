@@ -196,3 +196,45 @@ impl ConsumerContext for GenerationContext {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_settings_bound_waits_and_set_static_membership() {
+        let kafka = KafkaConfig {
+            group_instance_id: Some("herald-sender-0".into()),
+            ..KafkaConfig::default()
+        };
+        let config = consumer_config(&kafka, "herald-sender");
+        assert_eq!(config.get("group.instance.id"), Some("herald-sender-0"));
+        assert_eq!(config.get("fetch.wait.max.ms"), Some("50"));
+        assert_eq!(
+            config.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+
+        let dynamic = consumer_config(&KafkaConfig::default(), "herald-sender");
+        assert_eq!(dynamic.get("group.instance.id"), None);
+    }
+
+    #[test]
+    fn operator_settings_override_herald_choices() {
+        let mut kafka = KafkaConfig::default();
+        kafka
+            .consumer
+            .insert("fetch.wait.max.ms".into(), "500".into());
+        kafka
+            .producer
+            .insert("queue.buffering.max.kbytes".into(), "1024".into());
+        assert_eq!(
+            consumer_config(&kafka, "g").get("fetch.wait.max.ms"),
+            Some("500")
+        );
+        assert_eq!(
+            producer_config(&kafka).get("queue.buffering.max.kbytes"),
+            Some("1024")
+        );
+    }
+}

@@ -23,6 +23,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use herald_core::config::SenderConfig;
 use herald_core::subscription::Subscription;
 
+/// The shortest time between two log lines about one subscription's parked deliveries.
+const PARK_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// The limits of one subscription once defaults are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Settings {
@@ -138,10 +141,10 @@ impl Limits {
             return Admission::CircuitOpen;
         }
         if gate.wait_too_long(self.park_after) {
-            return Admission::Park;
+            return gate.park(&subscription.id);
         }
         let Some(waiting) = WaitingGuard::enter(&gate) else {
-            return Admission::Park;
+            return gate.park(&subscription.id);
         };
         let acquire = async {
             let permit = Arc::clone(&gate.concurrency).acquire_owned().await.ok()?;
@@ -157,7 +160,7 @@ impl Limits {
         };
         let permit = match tokio::time::timeout(self.park_after, acquire).await {
             Ok(Some(permit)) => permit,
-            Ok(None) | Err(_) => return Admission::Park,
+            Ok(None) | Err(_) => return gate.park(&subscription.id),
         };
         drop(waiting);
         // The circuit may have opened while this delivery waited.
@@ -222,6 +225,8 @@ struct Gate {
     max_waiting: usize,
     circuit: Mutex<Circuit>,
     created: Instant,
+    /// Deliveries parked since the last log line about them, and when that line was written.
+    parked: Mutex<(u64, Option<Instant>)>,
     /// When an attempt last finished, in microseconds since `created`.
     last_finished_micros: AtomicU64,
     /// Recent attempt time, in microseconds: an average that weighs the latest attempt 1/8.
@@ -241,9 +246,33 @@ impl Gate {
             max_waiting,
             circuit: Mutex::new(Circuit::new(failure_threshold)),
             created: Instant::now(),
+            parked: Mutex::new((0, None)),
             last_finished_micros: AtomicU64::new(0),
             average_micros: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a parked delivery and logs the count at most every [`PARK_LOG_INTERVAL`], so an
+    /// operator sees a subscription at its limits without a line per delivery.
+    fn park(&self, subscription_id: &str) -> Admission {
+        let mut parked = self
+            .parked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        parked.0 += 1;
+        let now = Instant::now();
+        if parked
+            .1
+            .is_none_or(|logged| now.duration_since(logged) >= PARK_LOG_INTERVAL)
+        {
+            tracing::info!(
+                subscription_id,
+                parked = parked.0,
+                "deliveries parked on the first retry tier: the subscription is at its rate or concurrency limit, or its endpoint is slow"
+            );
+            *parked = (0, Some(now));
+        }
+        Admission::Park
     }
 
     fn attempt_took(&self, duration: Duration) {
