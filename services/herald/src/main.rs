@@ -80,7 +80,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command, config)) {
         Ok(code) => code,
         Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "herald stopped");
+            tracing::error!(error = %format!("{error:#}"), "herald stopped");
             ExitCode::FAILURE
         }
     }
