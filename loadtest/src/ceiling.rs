@@ -62,6 +62,7 @@ pub async fn measure(
             rate_limit_per_second: None,
             rate_limit_burst: None,
             max_concurrency: None,
+            filter: Vec::new(),
         });
         receivers.push(receiver);
     }

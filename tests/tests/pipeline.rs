@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use herald_tests::kafka::{header, publish, read_topic};
 use herald_tests::samples::{bad_events, banking_events};
-use herald_tests::scenario::{Scenario, remove_folder};
+use herald_tests::scenario::{Scenario, ScenarioOptions, remove_folder};
 use herald_tests::wait;
 use rdkafka::Message;
 
@@ -224,6 +224,81 @@ async fn always_failing_endpoint_is_dead_lettered() -> anyhow::Result<()> {
         scenario.endpoint("ledger").verified(),
         0,
         "the failing endpoint accepted nothing"
+    );
+    remove_folder(&scenario.folder);
+    Ok(())
+}
+
+/// The sample payments a "CHF over 10,000" filter should select, decided here with floats,
+/// independently of Herald's exact decimal comparison.
+fn large_chf_payment_ids(events: &[herald_tests::samples::SampleRecord]) -> BTreeSet<String> {
+    events
+        .iter()
+        .filter_map(|record| {
+            let event: serde_json::Value = serde_json::from_slice(record.value.as_deref()?).ok()?;
+            let event_type = event["eventType"].as_str()?;
+            let amount: f64 = event["data"]["amount"].as_str()?.parse().ok()?;
+            (event_type.starts_with("payment.")
+                && event["data"]["currency"] == "CHF"
+                && amount > 10_000.0)
+                .then(|| event["eventId"].as_str().map(str::to_owned))
+                .flatten()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_filter_selects_large_chf_payments() -> anyhow::Result<()> {
+    let filter = r#"[{path: "/data/currency", equals: "CHF"}, {path: "/data/amount", gt: 10000}]"#;
+    let scenario = Scenario::with_options(
+        "filter",
+        &[("treasury", &["payment.*"]), ("audit", &["*"])],
+        ScenarioOptions {
+            subscription_settings: BTreeMap::from([(
+                "treasury".to_owned(),
+                vec![("filter".to_owned(), filter.to_owned())],
+            )]),
+            ..ScenarioOptions::default()
+        },
+    )
+    .await?;
+    let events = banking_events()?;
+    let expected = large_chf_payment_ids(&events);
+    assert!(!expected.is_empty(), "the samples hold large CHF payments");
+    let (wanted, _) = scenario.expected(&events);
+    let treasury = scenario.endpoint("treasury");
+    let audit = scenario.endpoint("audit");
+    let mut router = scenario.start("router")?;
+    let mut sender = scenario.start("sender")?;
+
+    publish(&scenario.topics.domain, &events).await?;
+    let arrived = wait::until(
+        "treasury and audit got their events",
+        ARRIVAL_TIMEOUT,
+        || {
+            treasury.verified() >= expected.len() as u64
+                && audit.verified() >= wanted["audit"].len() as u64
+        },
+    )
+    .await;
+    router.check_running()?;
+    sender.check_running()?;
+    arrived?;
+
+    let received: BTreeSet<String> = treasury
+        .receiver
+        .requests()
+        .into_iter()
+        .filter_map(|request| request.verification.ok())
+        .collect();
+    println!(
+        "{} of {} payment events matched the filter",
+        received.len(),
+        wanted["treasury"].len()
+    );
+    assert_eq!(
+        received, expected,
+        "treasury got exactly the large CHF payments"
     );
     remove_folder(&scenario.folder);
     Ok(())

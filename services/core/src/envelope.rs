@@ -143,6 +143,14 @@ pub fn read_event(value: Option<&[u8]>, max_bytes: usize) -> Result<Event, Rejec
     Ok(Event { id, event_type })
 }
 
+/// Parses a value that [`read_event`] accepted into a JSON tree, for payload filters. `None` when
+/// it cannot be parsed, which `read_event` would have rejected.
+pub fn parse_value(value: Option<&[u8]>) -> Option<serde_json::Value> {
+    let value = value?;
+    let json = value.strip_prefix(UTF8_BYTE_ORDER_MARK).unwrap_or(value);
+    serde_json::from_slice(json).ok()
+}
+
 fn parse_top_level(json: &[u8]) -> Result<TopLevel, RejectReason> {
     let first = json.iter().find(|byte| !byte.is_ascii_whitespace());
     match first {

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod envelope;
+pub mod filter;
 pub mod headers;
 pub mod kafka;
 pub mod logging;

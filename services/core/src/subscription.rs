@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::config::Problems;
+use crate::filter::{ConditionSpec, Filter};
 use crate::signing::Secret;
 
 /// The request timeout when a subscription sets none, in milliseconds.
@@ -49,6 +50,9 @@ pub struct SubscriptionSpec {
     /// Requests open at once; the sender's `default_max_concurrency` when absent.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// Conditions on the payload, all of which an event must meet (see [`crate::filter`]).
+    #[serde(default)]
+    pub filter: Vec<ConditionSpec>,
 }
 
 fn enabled_by_default() -> bool {
@@ -68,6 +72,8 @@ pub struct Subscription {
     pub rate_limit_per_second: Option<u32>,
     pub rate_limit_burst: Option<u32>,
     pub max_concurrency: Option<u32>,
+    /// `None` when the subscription has no conditions on the payload.
+    pub filter: Option<Filter>,
 }
 
 /// One entry of a subscription's event types.
@@ -182,6 +188,16 @@ pub fn check_spec(
         }
     }
 
+    let filter = match Filter::parse(&spec.filter) {
+        Ok(filter) => (!spec.filter.is_empty()).then_some(filter),
+        Err(errors) => {
+            for (place, message) in errors {
+                problems.add(format!("{key}.filter{place}"), message);
+            }
+            None
+        }
+    };
+
     if problems.len() > before {
         return None;
     }
@@ -196,6 +212,7 @@ pub fn check_spec(
         rate_limit_per_second: spec.rate_limit_per_second,
         rate_limit_burst: spec.rate_limit_burst,
         max_concurrency: spec.max_concurrency,
+        filter,
     })
 }
 
@@ -398,6 +415,7 @@ mod tests {
             rate_limit_per_second: None,
             rate_limit_burst: None,
             max_concurrency: None,
+            filter: Vec::new(),
         }
     }
 
@@ -458,6 +476,12 @@ mod tests {
         let mut bad = spec("bad id!", &["pay*ment", "ok.*"]);
         bad.url = "http://example.com/hook".into();
         bad.secrets = vec!["whsec_c2hvcnQ=".into()];
+        bad.max_concurrency = Some(0);
+        bad.filter = vec![crate::filter::ConditionSpec {
+            path: "/data/amount".into(),
+            gt: Some(serde_json::json!("a lot")),
+            ..Default::default()
+        }];
         let problems = SubscriptionTable::from_specs(&[spec("fine", &["a"]), bad], false)
             .expect_err("invalid");
         let keys: Vec<&str> = problems
@@ -470,7 +494,9 @@ mod tests {
                 "subscriptions[1].id",
                 "subscriptions[1].url",
                 "subscriptions[1].event_types[0]",
-                "subscriptions[1].secrets[0]"
+                "subscriptions[1].secrets[0]",
+                "subscriptions[1].max_concurrency",
+                "subscriptions[1].filter[0].gt"
             ]
         );
     }

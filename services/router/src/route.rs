@@ -50,9 +50,20 @@ pub fn route<M: Message>(
         }
     };
 
-    subscriptions
-        .matching(&event.event_type)
+    let matched = subscriptions.matching(&event.event_type);
+    // The payload is parsed again, as a whole, only when a matched subscription filters on it.
+    let payload = matched
+        .iter()
+        .any(|subscription| subscription.filter.is_some())
+        .then(|| envelope::parse_value(message.payload()))
+        .flatten();
+    matched
         .into_iter()
+        .filter(|subscription| match (&subscription.filter, &payload) {
+            (None, _) => true,
+            (Some(filter), Some(payload)) => filter.matches(payload),
+            (Some(_), None) => false,
+        })
         .map(|subscription| {
             let mut delivery_headers = OwnedHeaders::new()
                 .insert(header(headers::EVENT_ID, &event.id))
@@ -102,12 +113,54 @@ mod tests {
             rate_limit_per_second: None,
             rate_limit_burst: None,
             max_concurrency: None,
+            filter: Vec::new(),
         };
         SubscriptionTable::from_specs(
             &[spec("ledger", &["payment.*"]), spec("audit", &["*"])],
             false,
         )
         .expect("valid")
+    }
+
+    fn keys(routed: &[RoutedRecord]) -> Vec<&str> {
+        routed
+            .iter()
+            .map(|r| match r {
+                RoutedRecord::Delivery { key, .. } => key.as_str(),
+                RoutedRecord::Rejected { .. } => "rejected",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn payload_filter_selects_large_chf_payments() {
+        let conditions: Vec<herald_core::filter::ConditionSpec> = serde_json::from_str(
+            r#"[{"path": "/data/currency", "equals": "CHF"}, {"path": "/data/amount", "gt": 10000}]"#,
+        )
+        .expect("valid conditions");
+        let specs = [SubscriptionSpec {
+            id: "treasury".into(),
+            description: String::new(),
+            url: "https://example.com/hook".into(),
+            event_types: vec!["payment.*".into()],
+            secrets: vec![SECRET.into()],
+            enabled: true,
+            timeout_ms: None,
+            rate_limit_per_second: None,
+            rate_limit_burst: None,
+            max_concurrency: None,
+            filter: conditions,
+        }];
+        let table = SubscriptionTable::from_specs(&specs, false).expect("valid");
+        let payment = |amount: &str, currency: &str| {
+            format!(
+                r#"{{"eventId":"evt_1","eventType":"payment.settled","data":{{"amount":"{amount}","currency":"{currency}"}}}}"#
+            )
+        };
+        let routed = |body: String| route(&message(Some(body.as_bytes()), None), &table, 10_000);
+        assert_eq!(keys(&routed(payment("25000.00", "CHF"))), ["treasury"]);
+        assert!(routed(payment("9999.99", "CHF")).is_empty());
+        assert!(routed(payment("25000.00", "EUR")).is_empty());
     }
 
     fn message(value: Option<&[u8]>, headers: Option<OwnedHeaders>) -> OwnedMessage {

@@ -488,6 +488,7 @@ mod tests {
             rate_limit_per_second: rate,
             rate_limit_burst: Some(1),
             max_concurrency: concurrency,
+            filter: Vec::new(),
         };
         let mut problems = herald_core::config::Problems::default();
         herald_core::subscription::check_spec(&spec, "s", false, &mut problems)
