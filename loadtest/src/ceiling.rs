@@ -51,19 +51,12 @@ pub async fn measure(
             },
         )?;
         receiver.delay_responses_between(latency.0, latency.1);
-        specs.push(SubscriptionSpec {
-            id: format!("ceiling{index}"),
-            description: String::new(),
-            url: format!("http://{}/webhooks", receiver.address()),
-            event_types: vec!["*".to_owned()],
-            secrets: vec![secret.expose()],
-            enabled: true,
-            timeout_ms: None,
-            rate_limit_per_second: None,
-            rate_limit_burst: None,
-            max_concurrency: None,
-            filter: Vec::new(),
-        });
+        specs.push(SubscriptionSpec::new(
+            &format!("ceiling{index}"),
+            &format!("http://{}/webhooks", receiver.address()),
+            &["*"],
+            vec![secret.expose()],
+        ));
         receivers.push(receiver);
     }
     let table = Arc::new(

@@ -55,6 +55,25 @@ pub struct SubscriptionSpec {
     pub filter: Vec<ConditionSpec>,
 }
 
+impl SubscriptionSpec {
+    /// Returns an enabled spec with these essentials and every optional setting left out.
+    pub fn new(id: &str, url: &str, event_types: &[&str], secrets: Vec<String>) -> Self {
+        Self {
+            id: id.to_owned(),
+            description: String::new(),
+            url: url.to_owned(),
+            event_types: event_types.iter().map(|t| (*t).to_owned()).collect(),
+            secrets,
+            enabled: true,
+            timeout_ms: None,
+            rate_limit_per_second: None,
+            rate_limit_burst: None,
+            max_concurrency: None,
+            filter: Vec::new(),
+        }
+    }
+}
+
 fn enabled_by_default() -> bool {
     true
 }
@@ -404,19 +423,12 @@ mod tests {
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
     fn spec(id: &str, types: &[&str]) -> SubscriptionSpec {
-        SubscriptionSpec {
-            id: id.into(),
-            description: String::new(),
-            url: format!("https://example.com/{id}"),
-            event_types: types.iter().map(|t| (*t).to_owned()).collect(),
-            secrets: vec![SECRET.into()],
-            enabled: true,
-            timeout_ms: None,
-            rate_limit_per_second: None,
-            rate_limit_burst: None,
-            max_concurrency: None,
-            filter: Vec::new(),
-        }
+        SubscriptionSpec::new(
+            id,
+            &format!("https://example.com/{id}"),
+            types,
+            vec![SECRET.into()],
+        )
     }
 
     fn matched_ids(table: &SubscriptionTable, event_type: &str) -> Vec<String> {

@@ -102,18 +102,8 @@ mod tests {
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
     fn table() -> SubscriptionTable {
-        let spec = |id: &str, types: &[&str]| SubscriptionSpec {
-            id: id.into(),
-            description: String::new(),
-            url: "https://example.com/hook".into(),
-            event_types: types.iter().map(|t| (*t).to_owned()).collect(),
-            secrets: vec![SECRET.into()],
-            enabled: true,
-            timeout_ms: None,
-            rate_limit_per_second: None,
-            rate_limit_burst: None,
-            max_concurrency: None,
-            filter: Vec::new(),
+        let spec = |id: &str, types: &[&str]| {
+            SubscriptionSpec::new(id, "https://example.com/hook", types, vec![SECRET.into()])
         };
         SubscriptionTable::from_specs(
             &[spec("ledger", &["payment.*"]), spec("audit", &["*"])],
@@ -139,17 +129,13 @@ mod tests {
         )
         .expect("valid conditions");
         let specs = [SubscriptionSpec {
-            id: "treasury".into(),
-            description: String::new(),
-            url: "https://example.com/hook".into(),
-            event_types: vec!["payment.*".into()],
-            secrets: vec![SECRET.into()],
-            enabled: true,
-            timeout_ms: None,
-            rate_limit_per_second: None,
-            rate_limit_burst: None,
-            max_concurrency: None,
             filter: conditions,
+            ..SubscriptionSpec::new(
+                "treasury",
+                "https://example.com/hook",
+                &["payment.*"],
+                vec![SECRET.into()],
+            )
         }];
         let table = SubscriptionTable::from_specs(&specs, false).expect("valid");
         let payment = |amount: &str, currency: &str| {

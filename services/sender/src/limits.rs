@@ -478,17 +478,15 @@ mod tests {
 
     fn subscription(rate: Option<u32>, concurrency: Option<u32>) -> Subscription {
         let spec = herald_core::subscription::SubscriptionSpec {
-            id: "sub".into(),
-            description: String::new(),
-            url: "https://example.com/hook".into(),
-            event_types: vec!["*".into()],
-            secrets: vec!["whsec_MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=".into()],
-            enabled: true,
-            timeout_ms: None,
             rate_limit_per_second: rate,
             rate_limit_burst: Some(1),
             max_concurrency: concurrency,
-            filter: Vec::new(),
+            ..herald_core::subscription::SubscriptionSpec::new(
+                "sub",
+                "https://example.com/hook",
+                &["*"],
+                vec!["whsec_MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=".into()],
+            )
         };
         let mut problems = herald_core::config::Problems::default();
         herald_core::subscription::check_spec(&spec, "s", false, &mut problems)
