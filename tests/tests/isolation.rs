@@ -82,8 +82,10 @@ async fn rate_limit_holds_at_the_receiver() -> anyhow::Result<()> {
         .max()
         .unwrap_or(0);
     println!("busiest second: {busiest} requests (limit {RATE}/s, burst {BURST})");
+    // The window starts at an arrival, and arrivals lag their departures by a varying few
+    // milliseconds, so one request more than the limit can fall inside it without a breach.
     assert!(
-        busiest <= RATE + BURST,
+        busiest <= RATE + BURST + 1,
         "{busiest} requests within one second exceed {RATE}/s plus a burst of {BURST}"
     );
     // 120 events at 20 per second wait longer than park_after: some were parked and came back.
