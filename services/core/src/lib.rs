@@ -3,6 +3,7 @@
 //! router and the sender are built from these.
 
 pub mod config;
+pub mod encryption;
 pub mod envelope;
 pub mod filter;
 pub mod headers;
