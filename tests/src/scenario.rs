@@ -68,6 +68,7 @@ pub struct Topics {
     pub attempts: String,
     /// The first retry tier (1s), where parked deliveries wait too.
     pub first_tier: String,
+    pub subscriptions: String,
 }
 
 /// A configured set-up whose services are started on demand.
@@ -102,6 +103,7 @@ impl Scenario {
             dlq: format!("{prefix}.dlq"),
             attempts: format!("{prefix}.attempts"),
             first_tier: format!("{prefix}.retry.1s"),
+            subscriptions: format!("{prefix}.subscriptions"),
         };
 
         let mut endpoints = Vec::new();
@@ -130,7 +132,10 @@ impl Scenario {
         let subscriptions_path = folder.join("subscriptions.yaml");
         std::fs::write(
             &subscriptions_path,
-            subscriptions_yaml(&endpoints, &options.subscription_settings),
+            subscriptions_yaml(
+                &endpoints.iter().collect::<Vec<_>>(),
+                &options.subscription_settings,
+            ),
         )?;
         let config_path = folder.join("herald.toml");
         let config_text = format!(
@@ -147,6 +152,7 @@ deliveries_partitions = {deliveries_partitions}
 rejected = "{rejected}"
 dlq = "{dlq}"
 attempts = "{attempts}"
+subscriptions = "{subscriptions_topic}"
 replication_factor = 1
 
 [[topics.domain]]
@@ -176,6 +182,7 @@ forwarder_group_id = "{prefix}-forwarder"
             rejected = topics.rejected,
             dlq = topics.dlq,
             attempts = topics.attempts,
+            subscriptions_topic = topics.subscriptions,
             deliveries_partitions = options.deliveries_partitions.unwrap_or(4),
             circuit_failure_threshold = options.circuit_failure_threshold.unwrap_or(1_000_000),
             domain = topics.domain,
@@ -281,8 +288,9 @@ forwarder_group_id = "{prefix}-forwarder"
     }
 }
 
-fn subscriptions_yaml(
-    endpoints: &[Endpoint],
+/// Returns the YAML of a subscriptions file for `endpoints`, with extra settings by name.
+pub fn subscriptions_yaml(
+    endpoints: &[&Endpoint],
     settings: &BTreeMap<String, Vec<(String, String)>>,
 ) -> String {
     let mut yaml = String::from("subscriptions:\n");

@@ -27,7 +27,7 @@ fn topics_apply_is_idempotent_and_reports_differences() -> anyhow::Result<()> {
         std::fs::write(
             &path,
             format!(
-                "kafka:\n  bootstrap_servers: \"{}\"\ntopics:\n  deliveries: {prefix}.deliveries\n  deliveries_partitions: {partitions}\n  rejected: {prefix}.rejected\n  dlq: {prefix}.dlq\n  attempts: {prefix}.attempts\n  replication_factor: 1\n  domain:\n    - name: {prefix}.banking\n      partitions: 2\n      config:\n        max.message.bytes: \"2097152\"\nretry:\n  tiers: [1s, 5s]\n  topic_prefix: {prefix}.retry.\n",
+                "kafka:\n  bootstrap_servers: \"{}\"\ntopics:\n  deliveries: {prefix}.deliveries\n  deliveries_partitions: {partitions}\n  rejected: {prefix}.rejected\n  dlq: {prefix}.dlq\n  attempts: {prefix}.attempts\n  subscriptions: {prefix}.subscriptions\n  replication_factor: 1\n  domain:\n    - name: {prefix}.banking\n      partitions: 2\n      config:\n        max.message.bytes: \"2097152\"\nretry:\n  tiers: [1s, 5s]\n  topic_prefix: {prefix}.retry.\n",
                 bootstrap_servers()
             ),
         )?;
@@ -37,11 +37,11 @@ fn topics_apply_is_idempotent_and_reports_differences() -> anyhow::Result<()> {
     let config = write_config(4)?;
     let (success, first) = apply(&config)?;
     assert!(success, "first apply failed:\n{first}");
-    assert_eq!(first.matches("created").count(), 7, "{first}");
+    assert_eq!(first.matches("created").count(), 8, "{first}");
 
     let (success, second) = apply(&config)?;
     assert!(success, "second apply failed:\n{second}");
-    assert_eq!(second.matches("unchanged").count(), 7, "{second}");
+    assert_eq!(second.matches("unchanged").count(), 8, "{second}");
 
     let (success, third) = apply(&write_config(6)?)?;
     assert!(!success, "a differing partition count must fail:\n{third}");

@@ -4,5 +4,6 @@
 pub mod dlq;
 pub mod history;
 mod snapshot;
+pub mod subscriptions;
 
 pub use snapshot::SnapshotError;

@@ -54,15 +54,8 @@ pub fn read_topic(
         topic: topic.to_owned(),
         source,
     };
-    let metadata = consumer
-        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        .map_err(metadata_error)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|found| found.name() == topic && found.error().is_none())
-        .flat_map(|found| found.partitions().iter().map(|partition| partition.id()))
-        .collect();
+    let partitions =
+        kafka::topic_partitions(&consumer, topic, METADATA_TIMEOUT).map_err(metadata_error)?;
     if partitions.is_empty() {
         return Err(SnapshotError::NoSuchTopic(topic.to_owned()));
     }

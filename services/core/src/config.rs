@@ -37,6 +37,7 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_SUBSCRIPTIONS_FILE: &str = "config/subscriptions.yaml";
 pub const DEFAULT_ATTEMPTS_TOPIC: &str = "herald.attempts";
+pub const DEFAULT_SUBSCRIPTIONS_TOPIC: &str = "herald.subscriptions";
 pub const DEFAULT_RETRY_TIERS: [&str; 8] = ["10s", "1m", "5m", "30m", "2h", "6h", "12h", "24h"];
 pub const DEFAULT_RETRY_TOPIC_PREFIX: &str = "herald.retry.";
 pub const DEFAULT_RETRY_PARTITIONS: i32 = 6;
@@ -55,6 +56,7 @@ pub struct HeraldConfig {
     pub subscriptions: SubscriptionsConfig,
     pub retry: RetryConfig,
     pub log: LogConfig,
+    pub encryption: EncryptionConfig,
 }
 
 /// How to reach Kafka.
@@ -109,6 +111,10 @@ pub struct TopicsConfig {
     /// The attempt log: one record per attempt, keyed by delivery id.
     pub attempts: String,
     pub attempts_partitions: i32,
+    /// Subscriptions, compacted: key = subscription id, value = the subscription as JSON with
+    /// sealed secrets, a tombstone to delete.
+    pub subscriptions: String,
+    pub subscriptions_partitions: i32,
     /// Replication factor of topics Herald creates; -1 takes the broker's default.
     pub replication_factor: i32,
     /// Domain topics to create with Herald's, for local runs and demos.
@@ -126,6 +132,8 @@ impl Default for TopicsConfig {
             dlq_partitions: DEFAULT_SIDE_TOPIC_PARTITIONS,
             attempts: DEFAULT_ATTEMPTS_TOPIC.to_owned(),
             attempts_partitions: DEFAULT_RETRY_PARTITIONS,
+            subscriptions: DEFAULT_SUBSCRIPTIONS_TOPIC.to_owned(),
+            subscriptions_partitions: 1,
             replication_factor: -1,
             domain: Vec::new(),
         }
@@ -281,15 +289,62 @@ impl RetryConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SubscriptionsConfig {
-    /// YAML file listing subscriptions; relative paths start at the working directory.
+    /// Where the router and the sender read subscriptions from.
+    pub source: SubscriptionSource,
+    /// YAML file listing subscriptions when `source` is `file`; relative paths start at the
+    /// working directory.
     pub file: PathBuf,
 }
 
 impl Default for SubscriptionsConfig {
     fn default() -> Self {
         Self {
+            source: SubscriptionSource::File,
             file: PathBuf::from(DEFAULT_SUBSCRIPTIONS_FILE),
         }
+    }
+}
+
+/// Where subscriptions come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscriptionSource {
+    /// `subscriptions.file`, read once at start-up.
+    File,
+    /// `topics.subscriptions`, read at start-up and followed while running.
+    Topic,
+}
+
+/// Keys that seal signing secrets on the subscriptions topic.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionConfig {
+    /// Entries `<id>:<base64 of 32 bytes>`; the first seals, every one opens. Give them through
+    /// the environment from the deployment's secrets: `HERALD__ENCRYPTION__KEYS=id2:…,id1:…`.
+    pub keys: Vec<String>,
+}
+
+impl std::fmt::Debug for EncryptionConfig {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<&str> = self
+            .keys
+            .iter()
+            .map(|entry| entry.split_once(':').map_or("?", |(id, _)| id))
+            .collect();
+        formatter
+            .debug_struct("EncryptionConfig")
+            .field("key_ids", &ids)
+            .finish()
+    }
+}
+
+impl EncryptionConfig {
+    /// Builds the key ring; configuration that passed [`HeraldConfig::problems`] builds when
+    /// keys are given.
+    pub fn key_ring(
+        &self,
+    ) -> Result<crate::encryption::KeyRing, crate::encryption::EncryptionError> {
+        crate::encryption::KeyRing::parse(&self.keys)
     }
 }
 
@@ -396,6 +451,7 @@ impl HeraldConfig {
                 .list_separator(",")
                 .with_list_parse_key("router.source_topics")
                 .with_list_parse_key("retry.tiers")
+                .with_list_parse_key("encryption.keys")
                 .source(Some(environment)),
         );
         let mut loaded: Self = builder
@@ -430,6 +486,7 @@ impl HeraldConfig {
             ("topics.deliveries", &topics.deliveries),
             ("topics.rejected", &topics.rejected),
             ("topics.dlq", &topics.dlq),
+            ("topics.subscriptions", &topics.subscriptions),
         ] {
             check_topic_name(&mut problems, key, name);
         }
@@ -438,6 +495,10 @@ impl HeraldConfig {
             ("topics.rejected_partitions", topics.rejected_partitions),
             ("topics.dlq_partitions", topics.dlq_partitions),
             ("topics.attempts_partitions", topics.attempts_partitions),
+            (
+                "topics.subscriptions_partitions",
+                topics.subscriptions_partitions,
+            ),
             ("retry.partitions", self.retry.partitions),
         ] {
             if count < 1 {
@@ -540,6 +601,18 @@ impl HeraldConfig {
             problems.add(
                 "sender.max_in_flight_per_partition",
                 "must be more than twice sender.default_max_concurrency, so that one subscription cannot fill a partition's window",
+            );
+        }
+        if !self.encryption.keys.is_empty()
+            && let Err(error) = self.encryption.key_ring()
+        {
+            problems.add("encryption.keys", error.to_string());
+        }
+        if self.subscriptions.source == SubscriptionSource::Topic && self.encryption.keys.is_empty()
+        {
+            problems.add(
+                "encryption.keys",
+                "required when subscriptions.source = \"topic\": secrets on the topic are sealed with them",
             );
         }
         if let Some(name) = &self.kafka.group_instance_id

@@ -89,6 +89,21 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     with_overrides(config, kafka, &kafka.producer)
 }
 
+/// Returns the partition ids of `topic`, none when it does not exist.
+pub fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &impl rdkafka::consumer::Consumer<C>,
+    topic: &str,
+    timeout: std::time::Duration,
+) -> rdkafka::error::KafkaResult<Vec<i32>> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|found| found.name() == topic && found.error().is_none())
+        .flat_map(|found| found.partitions().iter().map(|partition| partition.id()))
+        .collect())
+}
+
 /// Settings of an admin client.
 pub fn admin_config(kafka: &KafkaConfig) -> ClientConfig {
     with_overrides(base(kafka), kafka, &std::collections::BTreeMap::new())

@@ -10,6 +10,7 @@ pub mod headers;
 pub mod kafka;
 pub mod logging;
 pub mod offsets;
+pub mod registry;
 pub mod retry;
 pub mod signing;
 pub mod stage;

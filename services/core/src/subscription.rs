@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Problems;
 use crate::filter::{ConditionSpec, Filter};
@@ -20,14 +20,15 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
 const MAX_SUBSCRIPTION_ID_BYTES: usize = 128;
 
-/// A subscription as written in the YAML file.
-#[derive(Debug, Clone, Deserialize)]
+/// A subscription as written in the YAML file, and on the subscriptions topic with its secrets
+/// sealed.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionSpec {
     /// Stable id: the Kafka key of its deliveries and part of every delivery id.
     pub id: String,
     /// Free text for operators.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// The endpoint that receives the POST requests.
     pub url: String,
@@ -39,19 +40,19 @@ pub struct SubscriptionSpec {
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
     /// Total time allowed for one attempt, in milliseconds.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     /// Requests per second; the sender's `default_rate_limit_per_second` when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_per_second: Option<u32>,
     /// Requests that may go at once above the steady rate; the sender's default when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_burst: Option<u32>,
     /// Requests open at once; the sender's `default_max_concurrency` when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
     /// Conditions on the payload, all of which an event must meet (see [`crate::filter`]).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filter: Vec<ConditionSpec>,
 }
 
@@ -291,6 +292,18 @@ pub struct SubscriptionTable {
 impl SubscriptionTable {
     /// Loads and checks the YAML file at `path`.
     pub fn load(path: &Path, allow_plain_http: bool) -> Result<Self, LoadError> {
+        let specs = Self::read_file(path, allow_plain_http)?;
+        Self::from_specs(&specs, allow_plain_http).map_err(|problems| LoadError::Invalid {
+            path: path.display().to_string(),
+            problems,
+        })
+    }
+
+    /// Reads and checks the YAML file at `path`, and returns its specs as written.
+    pub fn read_file(
+        path: &Path,
+        allow_plain_http: bool,
+    ) -> Result<Vec<SubscriptionSpec>, LoadError> {
         let path_text = path.display().to_string();
         let file: SubscriptionFile = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Yaml))
@@ -305,7 +318,8 @@ impl SubscriptionTable {
                 path: path_text,
                 problems,
             }
-        })
+        })?;
+        Ok(file.subscriptions)
     }
 
     /// Checks specs and builds the table; ids must be unique.
@@ -334,6 +348,27 @@ impl SubscriptionTable {
         } else {
             Err(problems)
         }
+    }
+
+    /// Builds a table from subscriptions already checked one by one; a later duplicate id
+    /// replaces an earlier one.
+    pub fn from_checked(subscriptions: impl IntoIterator<Item = Subscription>) -> Self {
+        let mut unique: Vec<Subscription> = Vec::new();
+        let mut positions: HashMap<String, usize> = HashMap::new();
+        for subscription in subscriptions {
+            match positions.get(&subscription.id) {
+                Some(&position) => unique[position] = subscription,
+                None => {
+                    positions.insert(subscription.id.clone(), unique.len());
+                    unique.push(subscription);
+                }
+            }
+        }
+        let mut table = Self::default();
+        for subscription in unique {
+            table.insert(subscription);
+        }
+        table
     }
 
     fn insert(&mut self, subscription: Subscription) {

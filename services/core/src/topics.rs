@@ -81,6 +81,14 @@ pub fn plan(config: &HeraldConfig) -> Vec<TopicPlan> {
         },
     ];
     plans.push(TopicPlan {
+        name: topics.subscriptions.clone(),
+        partitions: topics.subscriptions_partitions,
+        replication_factor: topics.replication_factor,
+        // Compaction keeps the latest record per subscription id for ever, and a tombstone
+        // until the delete retention (a day) has passed.
+        config: BTreeMap::from([("cleanup.policy".to_owned(), "compact".to_owned())]),
+    });
+    plans.push(TopicPlan {
         name: topics.attempts.clone(),
         partitions: topics.attempts_partitions,
         replication_factor: topics.replication_factor,

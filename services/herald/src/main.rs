@@ -3,16 +3,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use herald_core::config::HeraldConfig;
+use herald_core::config::{HeraldConfig, SubscriptionSource};
+use herald_core::registry::{self, Subscriptions};
 use herald_core::subscription::SubscriptionTable;
 use herald_core::topics::{self, TopicOutcome};
 
 mod operator;
+mod subscriptions_cli;
 
 #[derive(Parser)]
 #[command(name = "herald", version, about = "Kafka-native webhook delivery")]
@@ -39,6 +40,11 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         command: operator::DlqCommand,
+    },
+    /// Manage the subscriptions topic.
+    Subscriptions {
+        #[command(subcommand)]
+        command: subscriptions_cli::SubscriptionsCommand,
     },
     /// Show every attempt of one delivery from the attempt log.
     History {
@@ -92,17 +98,20 @@ async fn run(command: Command, config: HeraldConfig) -> anyhow::Result<ExitCode>
 
     match command {
         Command::Router => {
-            let subscriptions = load_subscriptions(&config)?;
+            let subscriptions = load_subscriptions(&config).await?;
             herald_router::run(&config, subscriptions, shutdown_signal()).await?;
         }
         Command::Sender => {
-            let subscriptions = load_subscriptions(&config)?;
+            let subscriptions = load_subscriptions(&config).await?;
             herald_sender::run(&config, subscriptions, shutdown_signal()).await?;
         }
         Command::Topics {
             command: TopicsCommand::Apply,
         } => return apply_topics(&config).await,
         Command::Dlq { command } => return operator::run_dlq(&config, command).await,
+        Command::Subscriptions { command } => {
+            return subscriptions_cli::run(&config, command).await;
+        }
         Command::History { delivery_id, json } => {
             return operator::run_history(&config, &delivery_id, json);
         }
@@ -111,7 +120,16 @@ async fn run(command: Command, config: HeraldConfig) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-fn load_subscriptions(config: &HeraldConfig) -> anyhow::Result<Arc<SubscriptionTable>> {
+/// Reads the subscriptions from the file, or from the topic and then follows it.
+async fn load_subscriptions(config: &HeraldConfig) -> anyhow::Result<Subscriptions> {
+    if config.subscriptions.source == SubscriptionSource::Topic {
+        return registry::follow(config).await.with_context(|| {
+            format!(
+                "reading subscriptions (topics.subscriptions = {})",
+                config.topics.subscriptions
+            )
+        });
+    }
     let path: &Path = &config.subscriptions.file;
     let table =
         SubscriptionTable::load(path, config.sender.allow_plain_http).with_context(|| {
@@ -121,7 +139,7 @@ fn load_subscriptions(config: &HeraldConfig) -> anyhow::Result<Arc<SubscriptionT
             )
         })?;
     tracing::info!(file = %path.display(), subscriptions = table.len(), "subscriptions loaded");
-    Ok(Arc::new(table))
+    Ok(Subscriptions::fixed(table))
 }
 
 async fn apply_topics(config: &HeraldConfig) -> anyhow::Result<ExitCode> {

@@ -1,7 +1,6 @@
 //! The router's consume loop: routes each record and produces the result, then lets the stage
 //! store the input offset once every produced record is acknowledged.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::Message;
@@ -11,8 +10,8 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 use herald_core::config::HeraldConfig;
 use herald_core::kafka;
+use herald_core::registry::Subscriptions;
 use herald_core::stage::{StageError, StageSettings, run_stage};
-use herald_core::subscription::SubscriptionTable;
 
 use crate::route::{RoutedRecord, route};
 
@@ -47,7 +46,7 @@ pub enum RouterError {
 /// in Kafka; the offsets of the affected records were not stored.
 pub async fn run(
     config: &HeraldConfig,
-    subscriptions: Arc<SubscriptionTable>,
+    subscriptions: Subscriptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RouterError> {
     let topics: Vec<&str> = config
@@ -69,7 +68,7 @@ pub async fn run(
     tracing::info!(
         bootstrap_servers = %config.kafka.bootstrap_servers,
         source_topics = ?topics,
-        subscriptions = subscriptions.len(),
+        subscriptions = subscriptions.current().len(),
         "router started"
     );
     let settings = StageSettings {
@@ -88,7 +87,7 @@ pub async fn run(
         let acknowledgements = enqueue_routed(
             &producer,
             message,
-            route(message, &subscriptions, max_event_bytes),
+            route(message, &subscriptions.current(), max_event_bytes),
             (&deliveries_topic, &rejected_topic),
             produce_timeout,
         );

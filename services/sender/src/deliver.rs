@@ -13,8 +13,8 @@ use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use herald_core::headers;
+use herald_core::registry::Subscriptions;
 use herald_core::retry::RetrySchedule;
-use herald_core::subscription::SubscriptionTable;
 
 use crate::attempt::{AttemptError, AttemptInput, attempt};
 use crate::attempt_log::AttemptRecord;
@@ -26,7 +26,7 @@ use crate::run::SenderError;
 
 /// Everything a delivery needs, shared by all of them.
 pub(crate) struct Shared {
-    pub subscriptions: Arc<SubscriptionTable>,
+    pub subscriptions: Subscriptions,
     pub client: WebhookClient,
     pub producer: FutureProducer,
     pub dlq_topic: String,
@@ -74,7 +74,9 @@ pub(crate) async fn deliver(shared: Arc<Shared>, delivery: Delivery) -> Result<(
         )
         .await;
     };
-    let Some(subscription) = shared.subscriptions.get(subscription_id) else {
+    // The table of this moment serves the whole attempt: a change applies to the next one.
+    let table = shared.subscriptions.current();
+    let Some(subscription) = table.get(subscription_id) else {
         return dead_letter_without_attempt(
             &shared,
             &delivery,

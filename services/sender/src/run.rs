@@ -13,8 +13,8 @@ use tokio::sync::watch;
 
 use herald_core::config::HeraldConfig;
 use herald_core::kafka::{self, GenerationContext};
+use herald_core::registry::Subscriptions;
 use herald_core::stage::{StageError, StageSettings, run_stage};
-use herald_core::subscription::SubscriptionTable;
 
 use crate::client::WebhookClient;
 use crate::deliver::{Delivery, Shared, deliver};
@@ -62,7 +62,7 @@ fn consumer(
 /// could not be made safe in Kafka; the offsets of the affected records were not stored.
 pub async fn run(
     config: &HeraldConfig,
-    subscriptions: Arc<SubscriptionTable>,
+    subscriptions: Subscriptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SenderError> {
     let schedule = config.retry.schedule().map_err(SenderError::Schedule)?;
@@ -105,7 +105,7 @@ pub async fn run(
         bootstrap_servers = %config.kafka.bootstrap_servers,
         topic = %config.topics.deliveries,
         tiers = ?tier_topics,
-        subscriptions = shared.subscriptions.len(),
+        subscriptions = shared.subscriptions.current().len(),
         "sender started"
     );
 

@@ -1,0 +1,306 @@
+//! The subscriptions topic and the live table built from it.
+//!
+//! `topics.subscriptions` is compacted: key = subscription id, value = a [`StoredSubscription`]
+//! as JSON with every secret sealed (see [`crate::encryption`]), and a tombstone (no value)
+//! deletes. With `subscriptions.source = "topic"` the router and the sender read the topic to its
+//! end before they start, then follow it: a change applies to the next record they handle.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{HeraldConfig, Problems};
+use crate::encryption::{EncryptionError, KeyRing};
+use crate::kafka;
+use crate::subscription::{SubscriptionSpec, SubscriptionTable, check_spec};
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long start-up may take to read the topic to its end.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A subscription as stored on the topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StoredSubscription {
+    /// The subscription, its secrets sealed.
+    pub subscription: SubscriptionSpec,
+    /// RFC 3339 times.
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl StoredSubscription {
+    /// Reads a record value.
+    pub fn decode(value: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(value).map_err(|error| format!("not a stored subscription: {error}"))
+    }
+
+    /// Writes the record value.
+    pub fn encode(&self) -> Vec<u8> {
+        // A struct of strings, numbers and JSON values always serializes.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Returns `spec` with every secret sealed for its subscription id.
+pub fn seal(spec: &SubscriptionSpec, keys: &KeyRing) -> Result<SubscriptionSpec, EncryptionError> {
+    let secrets = spec
+        .secrets
+        .iter()
+        .map(|secret| keys.seal(secret, &spec.id))
+        .collect::<Result<_, _>>()?;
+    Ok(SubscriptionSpec {
+        secrets,
+        ..spec.clone()
+    })
+}
+
+/// Returns `spec` with every secret opened.
+pub fn open(spec: &SubscriptionSpec, keys: &KeyRing) -> Result<SubscriptionSpec, EncryptionError> {
+    let secrets = spec
+        .secrets
+        .iter()
+        .map(|secret| keys.open(secret, &spec.id))
+        .collect::<Result<_, _>>()?;
+    Ok(SubscriptionSpec {
+        secrets,
+        ..spec.clone()
+    })
+}
+
+/// The current subscription table, replaced as a whole when subscriptions change.
+#[derive(Clone, Default)]
+pub struct Subscriptions {
+    current: Arc<RwLock<Arc<SubscriptionTable>>>,
+}
+
+impl Subscriptions {
+    /// Returns a table that never changes, for subscriptions read from a file.
+    pub fn fixed(table: SubscriptionTable) -> Self {
+        Self {
+            current: Arc::new(RwLock::new(Arc::new(table))),
+        }
+    }
+
+    /// Returns the table as it is now; hold it for the whole of one record's work.
+    pub fn current(&self) -> Arc<SubscriptionTable> {
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    fn replace(&self, table: SubscriptionTable) {
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(table);
+    }
+}
+
+/// The error that keeps the subscriptions topic from being read at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("invalid encryption.keys")]
+    Keys(#[source] EncryptionError),
+    #[error("cannot read the subscriptions topic {topic}")]
+    Kafka {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("the subscriptions topic {0} does not exist: run `herald topics apply`")]
+    NoSuchTopic(String),
+    #[error("the subscriptions topic {topic} was not read to its end within {CATCH_UP_TIMEOUT:?}")]
+    CatchUp { topic: String },
+}
+
+/// The specs read so far, by id, with their secrets opened.
+struct Followed {
+    specs: BTreeMap<String, SubscriptionSpec>,
+    keys: KeyRing,
+    allow_plain_http: bool,
+}
+
+impl Followed {
+    /// Applies one record; returns what changed, for the log.
+    fn apply(&mut self, message: &BorrowedMessage<'_>) -> Option<(&'static str, String)> {
+        let Some(id) = message.key().and_then(|key| std::str::from_utf8(key).ok()) else {
+            tracing::warn!(
+                offset = message.offset(),
+                "subscription record without a UTF-8 key ignored"
+            );
+            return None;
+        };
+        let Some(value) = message.payload() else {
+            return self
+                .specs
+                .remove(id)
+                .map(|_| ("subscription deleted", id.to_owned()));
+        };
+        let opened = StoredSubscription::decode(value).and_then(|stored| {
+            open(&stored.subscription, &self.keys).map_err(|error| error.to_string())
+        });
+        match opened {
+            Ok(spec) if spec.id == id => {
+                let change = if self.specs.contains_key(id) {
+                    "subscription updated"
+                } else {
+                    "subscription created"
+                };
+                self.specs.insert(id.to_owned(), spec);
+                Some((change, id.to_owned()))
+            }
+            Ok(spec) => {
+                tracing::warn!(subscription_id = id, body_id = %spec.id, "subscription record ignored: its key and its id differ");
+                None
+            }
+            Err(reason) => {
+                tracing::warn!(subscription_id = id, %reason, "subscription record ignored");
+                None
+            }
+        }
+    }
+
+    /// Builds the table from every spec that passes its checks; the others are logged.
+    fn table(&self) -> SubscriptionTable {
+        let checked = self.specs.values().filter_map(|spec| {
+            let mut problems = Problems::default();
+            let subscription = check_spec(spec, &spec.id, self.allow_plain_http, &mut problems);
+            if subscription.is_none() {
+                tracing::warn!(subscription_id = %spec.id, %problems, "subscription skipped: invalid");
+            }
+            subscription
+        });
+        SubscriptionTable::from_checked(checked)
+    }
+}
+
+/// Reads `topics.subscriptions` to its end, then keeps the returned table current in a
+/// background task for as long as the process runs.
+pub async fn follow(config: &HeraldConfig) -> Result<Subscriptions, RegistryError> {
+    let topic = config.topics.subscriptions.clone();
+    let kafka_error = |source| RegistryError::Kafka {
+        topic: topic.clone(),
+        source,
+    };
+    let keys = config.encryption.key_ring().map_err(RegistryError::Keys)?;
+    let mut client = kafka::admin_config(&config.kafka);
+    client
+        .set("group.id", "herald-subscriptions-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    let consumer: StreamConsumer = client.create().map_err(kafka_error)?;
+
+    let partitions =
+        kafka::topic_partitions(&consumer, &topic, METADATA_TIMEOUT).map_err(kafka_error)?;
+    if partitions.is_empty() {
+        return Err(RegistryError::NoSuchTopic(topic));
+    }
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for partition in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
+            .map_err(kafka_error)?;
+        if high > low {
+            ends.insert(partition, high);
+        }
+        assignment
+            .add_partition_offset(&topic, partition, Offset::Beginning)
+            .map_err(kafka_error)?;
+    }
+    consumer.assign(&assignment).map_err(kafka_error)?;
+
+    let mut followed = Followed {
+        specs: BTreeMap::new(),
+        keys,
+        allow_plain_http: config.sender.allow_plain_http,
+    };
+    let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
+    while !ends.is_empty() {
+        let received = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .map_err(|_| RegistryError::CatchUp {
+                topic: topic.clone(),
+            })?;
+        let message = received.map_err(kafka_error)?;
+        followed.apply(&message);
+        if ends
+            .get(&message.partition())
+            .is_some_and(|&end| message.offset() + 1 >= end)
+        {
+            ends.remove(&message.partition());
+        }
+    }
+    let subscriptions = Subscriptions::fixed(followed.table());
+    tracing::info!(
+        %topic,
+        subscriptions = subscriptions.current().len(),
+        "subscriptions read from the topic"
+    );
+
+    let live = subscriptions.clone();
+    tokio::spawn(async move {
+        loop {
+            match consumer.recv().await {
+                Ok(message) => {
+                    if let Some((change, id)) = followed.apply(&message) {
+                        live.replace(followed.table());
+                        tracing::info!(subscription_id = %id, "{change}");
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%topic, %error, "reading the subscriptions topic failed, continuing")
+                }
+            }
+        }
+    });
+    Ok(subscriptions)
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+
+    use super::*;
+
+    fn keys() -> KeyRing {
+        let key = base64::engine::general_purpose::STANDARD.encode([3u8; 32]);
+        KeyRing::parse(&[format!("k1:{key}")]).expect("valid ring")
+    }
+
+    #[test]
+    fn stored_subscription_round_trips_with_sealed_secrets() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned();
+        let spec = SubscriptionSpec::new(
+            "ledger",
+            "https://ledger.example.com/hooks",
+            &["payment.*"],
+            vec![secret.clone()],
+        );
+        let keys = keys();
+        let stored = StoredSubscription {
+            subscription: seal(&spec, &keys).expect("sealed"),
+            created_at: "2026-12-04T10:00:00Z".into(),
+            updated_at: "2026-12-04T10:00:00Z".into(),
+        };
+        let value = stored.encode();
+        let text = String::from_utf8(value.clone()).expect("JSON text");
+        assert!(
+            !text.contains("MfKQ9r8G"),
+            "the plain secret is on the topic: {text}"
+        );
+        let read = StoredSubscription::decode(&value).expect("decodes");
+        assert_eq!(read, stored);
+        assert_eq!(open(&read.subscription, &keys).expect("opens"), spec);
+    }
+}

@@ -1,0 +1,224 @@
+//! Subscriptions kept on the compacted topic, on the real broker: `herald subscriptions apply`
+//! converges the topic to a YAML file, the router and the sender follow changes without a
+//! restart, secrets never appear in plain text on the topic or in a log, and restarted services
+//! rebuild the same table.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use rdkafka::Message;
+
+use herald_tests::kafka::{publish, read_topic};
+use herald_tests::samples::SampleRecord;
+use herald_tests::scenario::{Endpoint, Scenario, remove_folder, subscriptions_yaml};
+use herald_tests::wait;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+/// A test key; real keys come from the deployment's secrets.
+const KEYS: &str = "test-1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+fn events(batch: &str, event_type: &str, count: usize) -> Vec<SampleRecord> {
+    (0..count)
+        .map(|n| SampleRecord {
+            key: format!("CUST_{n}"),
+            value: Some(
+                serde_json::json!({
+                    "eventId": format!("evt_{batch}_{n:03}"),
+                    "eventType": event_type,
+                    "data": {"n": n}
+                })
+                .to_string()
+                .into_bytes(),
+            ),
+            expect_delivery: true,
+            why: String::new(),
+        })
+        .collect()
+}
+
+fn ids(records: &[SampleRecord]) -> BTreeSet<String> {
+    records
+        .iter()
+        .filter_map(|record| record.id_and_type().map(|(id, _)| id))
+        .collect()
+}
+
+fn received(endpoint: &Endpoint) -> BTreeSet<String> {
+    endpoint
+        .receiver
+        .requests()
+        .into_iter()
+        .filter_map(|request| request.verification.ok())
+        .collect()
+}
+
+/// Writes a subscriptions file for `endpoints` with the event types given by name.
+fn write_file(
+    scenario: &Scenario,
+    name: &str,
+    entries: &[(&Endpoint, &str)],
+) -> anyhow::Result<std::path::PathBuf> {
+    let endpoints: Vec<&Endpoint> = entries.iter().map(|(endpoint, _)| *endpoint).collect();
+    let mut yaml = subscriptions_yaml(&endpoints, &BTreeMap::new());
+    for (endpoint, types) in entries {
+        let declared: Vec<String> = endpoint
+            .event_types
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect();
+        yaml = yaml.replacen(
+            &format!("event_types: [{}]", declared.join(", ")),
+            &format!("event_types: [\"{types}\"]"),
+            1,
+        );
+    }
+    let path = scenario.folder.join(name);
+    std::fs::write(&path, yaml)?;
+    Ok(path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_subscriptions_change_without_restart() -> anyhow::Result<()> {
+    // Both endpoints start out wanting "placeholder" types; each file below sets the real ones.
+    let scenario = Scenario::new(
+        "live",
+        &[("ledger", &["placeholder"]), ("audit", &["placeholder"])],
+    )
+    .await?;
+    let ledger = scenario.endpoint("ledger");
+    let audit = scenario.endpoint("audit");
+    let environment = [
+        ("HERALD__SUBSCRIPTIONS__SOURCE", "topic"),
+        ("HERALD__ENCRYPTION__KEYS", KEYS),
+    ];
+    let apply = |file: &std::path::Path, dry_run: bool| {
+        let file = file.display().to_string();
+        let mut arguments = vec!["subscriptions", "apply", file.as_str()];
+        if dry_run {
+            arguments.push("--dry-run");
+        }
+        scenario.command(&arguments, &environment)
+    };
+
+    // 1. Only the ledger, for payments.
+    let first = write_file(&scenario, "first.yaml", &[(ledger, "payment.*")])?;
+    let (dry_ok, dry_run) = apply(&first, true)?;
+    assert!(dry_ok);
+    assert!(dry_run.contains("create  ledger"), "{dry_run}");
+    assert!(dry_run.contains("dry run: nothing written"), "{dry_run}");
+    let (ok, output) = apply(&first, false)?;
+    assert!(ok && output.contains("1 to create"), "{output}");
+    let (ok, again) = apply(&first, true)?;
+    assert!(
+        ok && again.contains("0 to create, 0 to update, 0 to delete, 1 unchanged"),
+        "{again}"
+    );
+
+    let mut router = scenario.start_with("router", &environment)?;
+    let mut sender = scenario.start_with("sender", &environment)?;
+    let payments_1 = events("p1", "payment.settled", 20);
+    let kyc_1 = events("k1", "kyc.approved", 10);
+    publish(&scenario.topics.domain, &payments_1).await?;
+    publish(&scenario.topics.domain, &kyc_1).await?;
+    wait::until("the ledger got the first payments", TIMEOUT, || {
+        ledger.verified() >= 20
+    })
+    .await?;
+
+    // 2. The ledger moves to KYC events, and the audit endpoint joins for everything.
+    let second = write_file(&scenario, "second.yaml", &[(ledger, "kyc.*"), (audit, "*")])?;
+    let (ok, output) = apply(&second, false)?;
+    assert!(ok, "{output}");
+    assert!(output.contains("update  ledger: event_types"), "{output}");
+    assert!(output.contains("create  audit"), "{output}");
+    wait::until("router and sender applied the change", TIMEOUT, || {
+        router.log_contains("subscription created") && sender.log_contains("subscription created")
+    })
+    .await?;
+    let payments_2 = events("p2", "payment.settled", 20);
+    let kyc_2 = events("k2", "kyc.approved", 10);
+    publish(&scenario.topics.domain, &payments_2).await?;
+    publish(&scenario.topics.domain, &kyc_2).await?;
+    wait::until("audit and ledger got the second batch", TIMEOUT, || {
+        audit.verified() >= 30 && ledger.verified() >= 30
+    })
+    .await?;
+
+    // 3. The ledger is deleted: a tombstone, and it gets nothing more.
+    let third = write_file(&scenario, "third.yaml", &[(audit, "*")])?;
+    let (ok, output) = apply(&third, false)?;
+    assert!(ok && output.contains("delete  ledger"), "{output}");
+    wait::until("router and sender deleted the ledger", TIMEOUT, || {
+        router.log_contains("subscription deleted") && sender.log_contains("subscription deleted")
+    })
+    .await?;
+    let kyc_3 = events("k3", "kyc.approved", 5);
+    publish(&scenario.topics.domain, &kyc_3).await?;
+    wait::until("audit got the third batch", TIMEOUT, || {
+        audit.verified() >= 35
+    })
+    .await?;
+
+    // 4. Restarted from nothing, both services rebuild the same table: one subscription.
+    router.terminate(Duration::from_secs(30))?;
+    sender.terminate(Duration::from_secs(30))?;
+    let mut router = scenario.start_with("router", &environment)?;
+    let mut sender = scenario.start_with("sender", &environment)?;
+    let kyc_4 = events("k4", "kyc.approved", 5);
+    publish(&scenario.topics.domain, &kyc_4).await?;
+    wait::until("audit got the fourth batch", TIMEOUT, || {
+        audit.verified() >= 40
+    })
+    .await?;
+    router.check_running()?;
+    sender.check_running()?;
+    for process in [&router, &sender] {
+        assert!(
+            process.log_contains("subscriptions read from the topic")
+                && process.log_contains("subscriptions=1\n"),
+            "{}",
+            process.log_tail()
+        );
+    }
+
+    let ledger_expected: BTreeSet<String> =
+        ids(&payments_1).into_iter().chain(ids(&kyc_2)).collect();
+    assert_eq!(
+        received(ledger),
+        ledger_expected,
+        "the ledger got exactly what it subscribed to at the time"
+    );
+    let audit_expected: BTreeSet<String> = [&payments_2, &kyc_2, &kyc_3, &kyc_4]
+        .into_iter()
+        .flat_map(|batch| ids(batch))
+        .collect();
+    assert_eq!(received(audit), audit_expected);
+
+    // The secrets' plain text is nowhere on the topic and in no log line.
+    let records = read_topic(&scenario.topics.subscriptions, 4, Duration::from_secs(20))?;
+    assert_eq!(records.len(), 4, "create, update and create, delete");
+    assert!(
+        records
+            .last()
+            .is_some_and(|record| record.payload().is_none()),
+        "a tombstone"
+    );
+    let mut logs = String::new();
+    for entry in std::fs::read_dir(&scenario.folder)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|extension| extension == "log") {
+            logs.push_str(&std::fs::read_to_string(&path)?);
+        }
+    }
+    for endpoint in [ledger, audit] {
+        let secret = endpoint.secret.expose();
+        let encoded = secret.trim_start_matches("whsec_");
+        for record in &records {
+            let value = String::from_utf8_lossy(record.payload().unwrap_or_default());
+            assert!(!value.contains(encoded), "a plain secret is on the topic");
+        }
+        assert!(!logs.contains(encoded), "a plain secret is in a log");
+    }
+    remove_folder(&scenario.folder);
+    Ok(())
+}
