@@ -222,3 +222,69 @@ async fn topic_subscriptions_change_without_restart() -> anyhow::Result<()> {
     remove_folder(&scenario.folder);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_endpoint_is_disabled_on_the_topic() -> anyhow::Result<()> {
+    let scenario =
+        Scenario::new("gone-topic", &[("gone", &["payment.*"]), ("audit", &["*"])]).await?;
+    let gone = scenario.endpoint("gone");
+    let audit = scenario.endpoint("audit");
+    gone.receiver.respond_with(http::StatusCode::GONE);
+    let environment = [
+        ("HERALD__SUBSCRIPTIONS__SOURCE", "topic"),
+        ("HERALD__ENCRYPTION__KEYS", KEYS),
+    ];
+    let file = write_file(&scenario, "both.yaml", &[(gone, "payment.*"), (audit, "*")])?;
+    let file_text = file.display().to_string();
+    let (ok, output) = scenario.command(&["subscriptions", "apply", &file_text], &environment)?;
+    assert!(ok, "{output}");
+    let mut router = scenario.start_with("router", &environment)?;
+    let mut sender = scenario.start_with("sender", &environment)?;
+
+    publish(&scenario.topics.domain, &events("g1", "payment.settled", 5)).await?;
+    wait::until("the router saw the subscription disabled", TIMEOUT, || {
+        router.log_contains("subscription updated")
+    })
+    .await?;
+    let refused_before = gone
+        .receiver
+        .counts()
+        .failed
+        .load(std::sync::atomic::Ordering::Acquire);
+    publish(&scenario.topics.domain, &events("g2", "payment.settled", 5)).await?;
+    wait::until("audit got both batches", TIMEOUT, || audit.verified() >= 10).await?;
+    router.check_running()?;
+    sender.check_running()?;
+    assert!(sender.log_contains("enabled set to false on the subscriptions topic"));
+    assert_eq!(
+        gone.receiver
+            .counts()
+            .failed
+            .load(std::sync::atomic::Ordering::Acquire),
+        refused_before,
+        "requests reached the endpoint after it was disabled"
+    );
+
+    let (ok, listed) =
+        scenario.command(&["subscriptions", "list", "--output", "json"], &environment)?;
+    assert!(ok, "{listed}");
+    let gone_line = listed
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["id"] == "gone")
+        .ok_or_else(|| anyhow::anyhow!("gone is not listed:\n{listed}"))?;
+    assert_eq!(gone_line["enabled"], false, "{gone_line}");
+    assert!(
+        gone_line.get("secrets").is_none(),
+        "list shows no secrets: {gone_line}"
+    );
+
+    // The file still says enabled, so applying it again would turn the subscription back on.
+    let (_, plan) = scenario.command(
+        &["subscriptions", "apply", &file_text, "--dry-run"],
+        &environment,
+    )?;
+    assert!(plan.contains("update  gone: enabled"), "{plan}");
+    remove_folder(&scenario.folder);
+    Ok(())
+}

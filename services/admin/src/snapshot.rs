@@ -64,8 +64,7 @@ pub fn read_topic(
     let mut ends = std::collections::HashMap::new();
     let mut assignment = TopicPartitionList::new();
     for partition in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+        let (low, high) = kafka::watermarks(&consumer, topic, partition, METADATA_TIMEOUT)
             .map_err(metadata_error)?;
         if high > low {
             remaining += 1;

@@ -89,19 +89,53 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     with_overrides(config, kafka, &kafka.producer)
 }
 
-/// Returns the partition ids of `topic`, none when it does not exist.
+/// Returns the partition ids of `topic`, none when it does not exist. A topic created moments
+/// ago may not be in the metadata yet, so an absent topic is looked up again until `timeout`.
 pub fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
     consumer: &impl rdkafka::consumer::Consumer<C>,
     topic: &str,
     timeout: std::time::Duration,
 ) -> rdkafka::error::KafkaResult<Vec<i32>> {
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .filter(|found| found.name() == topic && found.error().is_none())
-        .flat_map(|found| found.partitions().iter().map(|partition| partition.id()))
-        .collect())
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|found| found.name() == topic && found.error().is_none())
+            .flat_map(|found| found.partitions().iter().map(|partition| partition.id()))
+            .collect();
+        if !partitions.is_empty() || std::time::Instant::now() >= deadline {
+            return Ok(partitions);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Returns the low and high watermarks of a partition. A topic created moments ago may have no
+/// leader yet, so leader errors are retried until `timeout` has passed.
+pub fn watermarks<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &impl rdkafka::consumer::Consumer<C>,
+    topic: &str,
+    partition: i32,
+    timeout: std::time::Duration,
+) -> rdkafka::error::KafkaResult<(i64, i64)> {
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match consumer.fetch_watermarks(topic, partition, timeout) {
+            Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition,
+            )) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Settings of an admin client.

@@ -6,7 +6,7 @@
 //! end before they start, then follow it: a change applies to the next record they handle.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -78,6 +78,17 @@ pub fn open(spec: &SubscriptionSpec, keys: &KeyRing) -> Result<SubscriptionSpec,
 #[derive(Clone, Default)]
 pub struct Subscriptions {
     current: Arc<RwLock<Arc<SubscriptionTable>>>,
+    /// Set when the table follows the topic, which can then record a disable.
+    topic: Option<Arc<TopicWriter>>,
+}
+
+/// What writing a change back to the subscriptions topic needs.
+struct TopicWriter {
+    topic: String,
+    producer: rdkafka::producer::FutureProducer,
+    produce_timeout: Duration,
+    /// The latest record of each subscription, as stored (secrets sealed).
+    stored: Mutex<BTreeMap<String, StoredSubscription>>,
 }
 
 impl Subscriptions {
@@ -85,7 +96,40 @@ impl Subscriptions {
     pub fn fixed(table: SubscriptionTable) -> Self {
         Self {
             current: Arc::new(RwLock::new(Arc::new(table))),
+            topic: None,
         }
+    }
+
+    /// Disables a subscription on the topic, so that it stays disabled across restarts and in
+    /// every process. Returns `Ok(false)` when subscriptions come from a file, which cannot be
+    /// changed from here.
+    pub async fn disable_on_topic(&self, id: &str) -> Result<bool, KafkaError> {
+        let Some(writer) = &self.topic else {
+            return Ok(false);
+        };
+        let record = {
+            let stored = writer
+                .stored
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let Some(current) = stored.get(id) else {
+                return Ok(false);
+            };
+            let mut disabled = current.clone();
+            disabled.subscription.enabled = false;
+            disabled.updated_at = crate::time::rfc3339(std::time::SystemTime::now());
+            disabled.encode()
+        };
+        let message: rdkafka::producer::FutureRecord<'_, str, [u8]> =
+            rdkafka::producer::FutureRecord::to(&writer.topic)
+                .key(id)
+                .payload(&record);
+        writer
+            .producer
+            .send(message, writer.produce_timeout)
+            .await
+            .map(|_| true)
+            .map_err(|(error, _)| error)
     }
 
     /// Returns the table as it is now; hold it for the whole of one record's work.
@@ -126,6 +170,8 @@ pub enum RegistryError {
 /// The specs read so far, by id, with their secrets opened.
 struct Followed {
     specs: BTreeMap<String, SubscriptionSpec>,
+    /// The same records as stored, for writing a change back.
+    stored: Arc<TopicWriter>,
     keys: KeyRing,
     allow_plain_http: bool,
 }
@@ -141,16 +187,19 @@ impl Followed {
             return None;
         };
         let Some(value) = message.payload() else {
+            self.stored_records().remove(id);
             return self
                 .specs
                 .remove(id)
                 .map(|_| ("subscription deleted", id.to_owned()));
         };
         let opened = StoredSubscription::decode(value).and_then(|stored| {
-            open(&stored.subscription, &self.keys).map_err(|error| error.to_string())
+            let spec = open(&stored.subscription, &self.keys).map_err(|error| error.to_string())?;
+            Ok((stored, spec))
         });
         match opened {
-            Ok(spec) if spec.id == id => {
+            Ok((stored, spec)) if spec.id == id => {
+                self.stored_records().insert(id.to_owned(), stored);
                 let change = if self.specs.contains_key(id) {
                     "subscription updated"
                 } else {
@@ -159,7 +208,7 @@ impl Followed {
                 self.specs.insert(id.to_owned(), spec);
                 Some((change, id.to_owned()))
             }
-            Ok(spec) => {
+            Ok((_, spec)) => {
                 tracing::warn!(subscription_id = id, body_id = %spec.id, "subscription record ignored: its key and its id differ");
                 None
             }
@@ -168,6 +217,13 @@ impl Followed {
                 None
             }
         }
+    }
+
+    fn stored_records(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, StoredSubscription>> {
+        self.stored
+            .stored
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Builds the table from every spec that passes its checks; the others are logged.
@@ -208,8 +264,7 @@ pub async fn follow(config: &HeraldConfig) -> Result<Subscriptions, RegistryErro
     let mut ends: HashMap<i32, i64> = HashMap::new();
     let mut assignment = TopicPartitionList::new();
     for partition in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
+        let (low, high) = kafka::watermarks(&consumer, &topic, partition, METADATA_TIMEOUT)
             .map_err(kafka_error)?;
         if high > low {
             ends.insert(partition, high);
@@ -220,8 +275,15 @@ pub async fn follow(config: &HeraldConfig) -> Result<Subscriptions, RegistryErro
     }
     consumer.assign(&assignment).map_err(kafka_error)?;
 
+    let writer = Arc::new(TopicWriter {
+        topic: topic.clone(),
+        producer: kafka::producer(&config.kafka).map_err(kafka_error)?,
+        produce_timeout: Duration::from_millis(config.kafka.produce_timeout_ms),
+        stored: Mutex::new(BTreeMap::new()),
+    });
     let mut followed = Followed {
         specs: BTreeMap::new(),
+        stored: Arc::clone(&writer),
         keys,
         allow_plain_http: config.sender.allow_plain_http,
     };
@@ -241,7 +303,10 @@ pub async fn follow(config: &HeraldConfig) -> Result<Subscriptions, RegistryErro
             ends.remove(&message.partition());
         }
     }
-    let subscriptions = Subscriptions::fixed(followed.table());
+    let subscriptions = Subscriptions {
+        topic: Some(writer),
+        ..Subscriptions::fixed(followed.table())
+    };
     tracing::info!(
         %topic,
         subscriptions = subscriptions.current().len(),

@@ -198,7 +198,7 @@ pub(crate) async fn deliver(shared: Arc<Shared>, delivery: Delivery) -> Result<(
             }
         }
         Outcome::Disable => {
-            shared.disable(subscription_id);
+            shared.disable(subscription_id).await;
             record.outcome = "disabled";
             Some(dead_letter_record(
                 &shared,
@@ -346,18 +346,31 @@ impl Shared {
             .contains(subscription_id)
     }
 
-    fn disable(&self, subscription_id: &str) {
+    /// Disables a subscription after 410 Gone: at once in this process, and for good on the
+    /// subscriptions topic when subscriptions come from it.
+    async fn disable(&self, subscription_id: &str) {
         let newly = self
             .disabled
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(subscription_id.to_owned());
-        if newly {
-            // Subscriptions come from a file read at start-up: the change lasts until a restart.
-            tracing::warn!(
+        if !newly {
+            return;
+        }
+        match self.subscriptions.disable_on_topic(subscription_id).await {
+            Ok(true) => tracing::warn!(
+                subscription_id,
+                "subscription disabled after 410 Gone: enabled set to false on the subscriptions topic"
+            ),
+            Ok(false) => tracing::warn!(
                 subscription_id,
                 "subscription disabled after 410 Gone until restart: set enabled: false in the subscriptions file to keep it disabled"
-            );
+            ),
+            Err(error) => tracing::warn!(
+                subscription_id,
+                %error,
+                "subscription disabled after 410 Gone in this process only: writing enabled: false to the subscriptions topic failed"
+            ),
         }
     }
 
