@@ -343,6 +343,52 @@ mod tests {
         KeyRing::parse(&[format!("k1:{key}")]).expect("valid ring")
     }
 
+    const SCHEMA: &str = include_str!("../../../schemas/subscription.schema.json");
+
+    fn keys_of(value: &serde_json::Value) -> std::collections::BTreeSet<String> {
+        value
+            .as_object()
+            .map(|object| object.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn stored_subscription_matches_its_published_schema() {
+        let schema: serde_json::Value = serde_json::from_str(SCHEMA).expect("valid schema");
+        let condition: crate::filter::ConditionSpec = serde_json::from_value(serde_json::json!({
+            "path": "/data/amount", "equals": 1, "in": [1], "exists": true,
+            "gt": 1, "gte": 1, "lt": 2, "lte": 2
+        }))
+        .expect("a condition with every test");
+        let spec = SubscriptionSpec {
+            description: "every field set".into(),
+            timeout_ms: Some(5_000),
+            rate_limit_per_second: Some(10),
+            rate_limit_burst: Some(2),
+            max_concurrency: Some(3),
+            filter: vec![condition],
+            ..SubscriptionSpec::new("ledger", "https://a.example.com/", &["*"], vec!["x".into()])
+        };
+        let stored = StoredSubscription {
+            subscription: spec,
+            created_at: "2026-12-04T10:00:00Z".into(),
+            updated_at: "2026-12-04T10:00:00Z".into(),
+        };
+        let value = serde_json::to_value(&stored).expect("serializable");
+        assert_eq!(keys_of(&value), keys_of(&schema["properties"]));
+        let subscription = &value["subscription"];
+        let described = &schema["$defs"]["subscription"];
+        assert_eq!(keys_of(subscription), keys_of(&described["properties"]));
+        for required in described["required"].as_array().expect("required") {
+            let name = required.as_str().expect("a name");
+            assert!(!subscription[name].is_null(), "{name} is required");
+        }
+        assert_eq!(
+            keys_of(&subscription["filter"][0]),
+            keys_of(&schema["$defs"]["condition"]["properties"])
+        );
+    }
+
     #[test]
     fn stored_subscription_round_trips_with_sealed_secrets() {
         let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned();
