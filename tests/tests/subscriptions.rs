@@ -288,3 +288,141 @@ async fn gone_endpoint_is_disabled_on_the_topic() -> anyhow::Result<()> {
     remove_folder(&scenario.folder);
     Ok(())
 }
+
+/// Counts the lines of a process log in the scenario folder that contain `text`.
+fn log_count(scenario: &Scenario, log: &str, text: &str) -> usize {
+    std::fs::read_to_string(scenario.folder.join(log))
+        .map(|content| content.lines().filter(|line| line.contains(text)).count())
+        .unwrap_or(0)
+}
+
+/// The number of `v1,` signatures on each request the endpoint received, in arrival order.
+fn signature_counts(endpoint: &Endpoint) -> Vec<usize> {
+    endpoint
+        .receiver
+        .requests()
+        .iter()
+        .map(|request| {
+            request.headers["webhook-signature"]
+                .to_str()
+                .unwrap_or_default()
+                .split(' ')
+                .count()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_rotation_signs_with_both_during_the_overlap() -> anyhow::Result<()> {
+    let scenario = Scenario::new("rotate", &[("ledger", &["placeholder"])]).await?;
+    let ledger = scenario.endpoint("ledger");
+    let environment = [
+        ("HERALD__SUBSCRIPTIONS__SOURCE", "topic"),
+        ("HERALD__ENCRYPTION__KEYS", KEYS),
+    ];
+    let url = format!("http://{}/webhooks/ledger", ledger.receiver.address());
+    let secret = ledger.secret.expose();
+    let create = [
+        "subscriptions",
+        "create",
+        "--id",
+        "ledger",
+        "--url",
+        url.as_str(),
+        "--event-type",
+        "payment.*",
+        "--secret",
+        secret.as_str(),
+    ];
+    let (ok, output) = scenario.command(&create, &environment)?;
+    assert!(ok && output.contains("created ledger"), "{output}");
+    assert!(
+        !output.contains("secret:"),
+        "a given secret is not printed: {output}"
+    );
+    let (again, _) = scenario.command(&create, &environment)?;
+    assert!(!again, "creating an existing subscription must fail");
+
+    let mut router = scenario.start_with("router", &environment)?;
+    let mut sender = scenario.start_with("sender", &environment)?;
+    publish(&scenario.topics.domain, &events("r1", "payment.settled", 5)).await?;
+    wait::until("the first batch arrived", TIMEOUT, || {
+        ledger.verified() >= 5
+    })
+    .await?;
+    assert!(signature_counts(ledger).iter().all(|count| *count == 1));
+
+    // Rotation with an overlap: the new secret and the old one both sign.
+    let (ok, output) = scenario.command(
+        &[
+            "subscriptions",
+            "rotate-secret",
+            "ledger",
+            "--overlap",
+            "1h",
+        ],
+        &environment,
+    )?;
+    assert!(ok && output.contains("secret: whsec_"), "{output}");
+    wait::until("the sender took the new secret", TIMEOUT, || {
+        log_count(&scenario, "sender.log", "subscription updated") >= 1
+    })
+    .await?;
+    publish(&scenario.topics.domain, &events("r2", "payment.settled", 5)).await?;
+    wait::until(
+        "the second batch arrived, verified with the old secret",
+        TIMEOUT,
+        || ledger.verified() >= 10,
+    )
+    .await?;
+    assert_eq!(signature_counts(ledger)[5..], [2, 2, 2, 2, 2]);
+
+    // Rotation without an overlap: only the newest secret signs, which this receiver lacks.
+    let (ok, _) = scenario.command(
+        &[
+            "subscriptions",
+            "rotate-secret",
+            "ledger",
+            "--overlap",
+            "0s",
+        ],
+        &environment,
+    )?;
+    assert!(ok);
+    wait::until("the sender took the newest secret", TIMEOUT, || {
+        log_count(&scenario, "sender.log", "subscription updated") >= 2
+    })
+    .await?;
+    publish(&scenario.topics.domain, &events("r3", "payment.settled", 3)).await?;
+    wait::until(
+        "requests signed with the newest secret only arrived",
+        TIMEOUT,
+        || {
+            ledger
+                .receiver
+                .counts()
+                .invalid
+                .load(std::sync::atomic::Ordering::Acquire)
+                >= 3
+        },
+    )
+    .await?;
+    assert!(
+        signature_counts(ledger)[10..]
+            .iter()
+            .all(|count| *count == 1)
+    );
+
+    // Disable and enable from the command line.
+    let (ok, output) = scenario.command(&["subscriptions", "disable", "ledger"], &environment)?;
+    assert!(ok && output.contains("disabled ledger"), "{output}");
+    let (_, listed) =
+        scenario.command(&["subscriptions", "list", "--output", "json"], &environment)?;
+    assert!(listed.contains("\"enabled\":false"), "{listed}");
+    let (ok, output) = scenario.command(&["subscriptions", "enable", "ledger"], &environment)?;
+    assert!(ok && output.contains("enabled ledger"), "{output}");
+    router.check_running()?;
+    sender.check_running()?;
+    remove_folder(&scenario.folder);
+    Ok(())
+}

@@ -14,7 +14,7 @@ use herald_core::config::HeraldConfig;
 use herald_core::encryption::{EncryptionError, KeyRing};
 use herald_core::kafka;
 use herald_core::registry::{self, StoredSubscription};
-use herald_core::subscription::SubscriptionSpec;
+use herald_core::subscription::{RetiringSecret, SubscriptionSpec};
 
 use crate::snapshot::{SnapshotError, read_topic};
 
@@ -221,6 +221,34 @@ fn stored(
     .encode())
 }
 
+/// Returns `spec` after a secret rotation at `now`: `new_secret` signs from now on, and the
+/// current secrets keep signing for `overlap` beside it. With no overlap, only the new secret
+/// signs, and earlier retiring secrets are dropped too.
+pub fn rotated(
+    spec: &SubscriptionSpec,
+    new_secret: String,
+    overlap: Duration,
+    now: SystemTime,
+) -> SubscriptionSpec {
+    let mut retiring_secrets = Vec::new();
+    if !overlap.is_zero() {
+        let still_signing = |retiring: &&RetiringSecret| {
+            humantime::parse_rfc3339(&retiring.until).is_ok_and(|until| until > now)
+        };
+        retiring_secrets.extend(spec.retiring_secrets.iter().filter(still_signing).cloned());
+        let until = herald_core::time::rfc3339(now + overlap);
+        retiring_secrets.extend(spec.secrets.iter().map(|secret| RetiringSecret {
+            secret: secret.clone(),
+            until: until.clone(),
+        }));
+    }
+    SubscriptionSpec {
+        secrets: vec![new_secret],
+        retiring_secrets,
+        ..spec.clone()
+    }
+}
+
 /// Returns `url` without its query string, which may carry a token.
 pub fn redacted_url(url: &str) -> String {
     match url.split_once('?') {
@@ -278,6 +306,43 @@ mod tests {
             ]
         );
         assert!(plan(&wanted[1..2], &current_of(&wanted[1..2])).is_empty());
+    }
+
+    #[test]
+    fn rotation_keeps_old_secrets_for_the_overlap_only() {
+        let now = humantime::parse_rfc3339("2026-12-04T10:00:00Z").expect("time");
+        let mut original = spec("ledger", "https://ledger.example.com/a");
+        original.retiring_secrets = vec![
+            RetiringSecret {
+                secret: "whsec_expired".into(),
+                until: "2026-12-04T09:00:00Z".into(),
+            },
+            RetiringSecret {
+                secret: "whsec_older".into(),
+                until: "2026-12-04T11:00:00Z".into(),
+            },
+        ];
+        let overlapping = rotated(
+            &original,
+            "whsec_new".into(),
+            Duration::from_secs(3_600),
+            now,
+        );
+        assert_eq!(overlapping.secrets, ["whsec_new"]);
+        let retiring: Vec<(&str, &str)> = overlapping
+            .retiring_secrets
+            .iter()
+            .map(|r| (r.secret.as_str(), r.until.as_str()))
+            .collect();
+        assert_eq!(
+            retiring,
+            [
+                ("whsec_older", "2026-12-04T11:00:00Z"),
+                ("whsec_abc", "2026-12-04T11:00:00.000Z")
+            ]
+        );
+        let at_once = rotated(&original, "whsec_new".into(), Duration::ZERO, now);
+        assert!(at_once.retiring_secrets.is_empty());
     }
 
     #[test]

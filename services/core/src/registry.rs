@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{HeraldConfig, Problems};
 use crate::encryption::{EncryptionError, KeyRing};
 use crate::kafka;
-use crate::subscription::{SubscriptionSpec, SubscriptionTable, check_spec};
+use crate::subscription::{RetiringSecret, SubscriptionSpec, SubscriptionTable, check_spec};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long start-up may take to read the topic to its end.
@@ -50,26 +50,37 @@ impl StoredSubscription {
 
 /// Returns `spec` with every secret sealed for its subscription id.
 pub fn seal(spec: &SubscriptionSpec, keys: &KeyRing) -> Result<SubscriptionSpec, EncryptionError> {
-    let secrets = spec
-        .secrets
-        .iter()
-        .map(|secret| keys.seal(secret, &spec.id))
-        .collect::<Result<_, _>>()?;
-    Ok(SubscriptionSpec {
-        secrets,
-        ..spec.clone()
-    })
+    convert(spec, |secret| keys.seal(secret, &spec.id))
 }
 
 /// Returns `spec` with every secret opened.
 pub fn open(spec: &SubscriptionSpec, keys: &KeyRing) -> Result<SubscriptionSpec, EncryptionError> {
+    convert(spec, |secret| keys.open(secret, &spec.id))
+}
+
+/// Applies `change` to every secret of `spec`, retiring ones included.
+fn convert(
+    spec: &SubscriptionSpec,
+    change: impl Fn(&str) -> Result<String, EncryptionError>,
+) -> Result<SubscriptionSpec, EncryptionError> {
     let secrets = spec
         .secrets
         .iter()
-        .map(|secret| keys.open(secret, &spec.id))
+        .map(|secret| change(secret))
         .collect::<Result<_, _>>()?;
+    let retiring_secrets = spec
+        .retiring_secrets
+        .iter()
+        .map(|retiring| {
+            Ok(RetiringSecret {
+                secret: change(&retiring.secret)?,
+                until: retiring.until.clone(),
+            })
+        })
+        .collect::<Result<_, EncryptionError>>()?;
     Ok(SubscriptionSpec {
         secrets,
+        retiring_secrets,
         ..spec.clone()
     })
 }
@@ -367,6 +378,10 @@ mod tests {
             rate_limit_burst: Some(2),
             max_concurrency: Some(3),
             filter: vec![condition],
+            retiring_secrets: vec![RetiringSecret {
+                secret: "y".into(),
+                until: "2026-12-05T10:00:00Z".into(),
+            }],
             ..SubscriptionSpec::new("ledger", "https://a.example.com/", &["*"], vec!["x".into()])
         };
         let stored = StoredSubscription {
@@ -386,6 +401,10 @@ mod tests {
         assert_eq!(
             keys_of(&subscription["filter"][0]),
             keys_of(&schema["$defs"]["condition"]["properties"])
+        );
+        assert_eq!(
+            keys_of(&subscription["retiring_secrets"][0]),
+            keys_of(&schema["$defs"]["retiringSecret"]["properties"])
         );
     }
 

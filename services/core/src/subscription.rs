@@ -54,6 +54,18 @@ pub struct SubscriptionSpec {
     /// Conditions on the payload, all of which an event must meet (see [`crate::filter`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filter: Vec<ConditionSpec>,
+    /// Secrets being replaced: each still signs every request until its time, so receivers can
+    /// move to the new secret without a gap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retiring_secrets: Vec<RetiringSecret>,
+}
+
+/// A secret that signs until `until` (RFC 3339).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetiringSecret {
+    pub secret: String,
+    pub until: String,
 }
 
 impl SubscriptionSpec {
@@ -71,6 +83,7 @@ impl SubscriptionSpec {
             rate_limit_burst: None,
             max_concurrency: None,
             filter: Vec::new(),
+            retiring_secrets: Vec::new(),
         }
     }
 }
@@ -94,6 +107,25 @@ pub struct Subscription {
     pub max_concurrency: Option<u32>,
     /// `None` when the subscription has no conditions on the payload.
     pub filter: Option<Filter>,
+    /// Secrets being replaced, with the time each stops signing.
+    pub retiring_secrets: Vec<(Secret, std::time::SystemTime)>,
+}
+
+impl Subscription {
+    /// Returns the secrets that sign a request made at `now`: the current ones, then the
+    /// retiring ones whose time has not passed.
+    pub fn signing_secrets(&self, now: std::time::SystemTime) -> Vec<Secret> {
+        self.secrets
+            .iter()
+            .cloned()
+            .chain(
+                self.retiring_secrets
+                    .iter()
+                    .filter(|(_, until)| *until > now)
+                    .map(|(secret, _)| secret.clone()),
+            )
+            .collect()
+    }
 }
 
 /// One entry of a subscription's event types.
@@ -208,6 +240,25 @@ pub fn check_spec(
         }
     }
 
+    let mut retiring_secrets = Vec::new();
+    for (position, retiring) in spec.retiring_secrets.iter().enumerate() {
+        let secret = Secret::parse(&retiring.secret).map_err(|error| {
+            problems.add(
+                format!("{key}.retiring_secrets[{position}].secret"),
+                error.to_string(),
+            )
+        });
+        let until = humantime::parse_rfc3339(&retiring.until).map_err(|_| {
+            problems.add(
+                format!("{key}.retiring_secrets[{position}].until"),
+                "must be an RFC 3339 time such as 2026-12-05T10:00:00Z",
+            )
+        });
+        if let (Ok(secret), Ok(until)) = (secret, until) {
+            retiring_secrets.push((secret, until));
+        }
+    }
+
     let filter = match Filter::parse(&spec.filter) {
         Ok(filter) => (!spec.filter.is_empty()).then_some(filter),
         Err(errors) => {
@@ -233,6 +284,7 @@ pub fn check_spec(
         rate_limit_burst: spec.rate_limit_burst,
         max_concurrency: spec.max_concurrency,
         filter,
+        retiring_secrets,
     })
 }
 

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 
-use herald_admin::subscriptions::{self, Change, redacted_url};
+use herald_admin::subscriptions::{self, Change, Current, redacted_url};
 use herald_core::config::HeraldConfig;
-use herald_core::subscription::SubscriptionTable;
+use herald_core::encryption::{KeyRing, generate_secret};
+use herald_core::subscription::{SubscriptionSpec, SubscriptionTable};
 
 #[derive(Subcommand)]
 pub enum SubscriptionsCommand {
@@ -26,6 +27,35 @@ pub enum SubscriptionsCommand {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Create a subscription. Its signing secret is generated unless given, and printed once.
+    Create {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        url: String,
+        /// An exact type, `prefix.*` or `*`; repeat for more.
+        #[arg(long = "event-type", required = true)]
+        event_types: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// A `whsec_` secret to use instead of a generated one.
+        #[arg(long, env = "HERALD_SUBSCRIPTION_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+    },
+    /// Let a subscription receive deliveries again.
+    Enable { id: String },
+    /// Stop a subscription's deliveries; it stays on the topic.
+    Disable { id: String },
+    /// Delete a subscription (a tombstone on the topic).
+    Delete { id: String },
+    /// Replace a subscription's signing secret with a generated one, printed once. The old
+    /// secrets keep signing beside it for the overlap, so receivers can switch without a gap.
+    RotateSecret {
+        id: String,
+        /// How long the old secrets keep signing, such as 24h; 0s drops them at once.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        overlap: std::time::Duration,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -40,6 +70,11 @@ pub async fn run(config: &HeraldConfig, command: SubscriptionsCommand) -> anyhow
         .key_ring()
         .context("encryption.keys: set the keys that seal secrets (HERALD__ENCRYPTION__KEYS)")?;
     let current = subscriptions::current(config, &keys)?;
+    let existing = |id: &str| -> anyhow::Result<&Current> {
+        current.get(id).ok_or_else(|| {
+            anyhow::anyhow!("no subscription {id:?} on {}", config.topics.subscriptions)
+        })
+    };
     match command {
         SubscriptionsCommand::Apply { file, dry_run } => {
             let wanted = SubscriptionTable::read_file(&file, config.sender.allow_plain_http)
@@ -89,6 +124,109 @@ pub async fn run(config: &HeraldConfig, command: SubscriptionsCommand) -> anyhow
                 }
             }
         }
+        SubscriptionsCommand::Create {
+            id,
+            url,
+            event_types,
+            description,
+            secret,
+        } => {
+            anyhow::ensure!(
+                !current.contains_key(&id),
+                "subscription {id:?} already exists"
+            );
+            let generated = secret.is_none();
+            let secret = match secret {
+                Some(secret) => secret,
+                None => generate_secret()?,
+            };
+            let types: Vec<&str> = event_types.iter().map(String::as_str).collect();
+            let spec = SubscriptionSpec {
+                description,
+                ..SubscriptionSpec::new(&id, &url, &types, vec![secret.clone()])
+            };
+            write_checked(config, &keys, Change::Create(spec)).await?;
+            println!("created {id}");
+            if generated {
+                println!("secret: {secret}   (shown once: give it to the receiver now)");
+            }
+        }
+        SubscriptionsCommand::Enable { id } => {
+            set_enabled(config, &keys, existing(&id)?, true).await?;
+        }
+        SubscriptionsCommand::Disable { id } => {
+            set_enabled(config, &keys, existing(&id)?, false).await?;
+        }
+        SubscriptionsCommand::Delete { id } => {
+            existing(&id)?;
+            subscriptions::write(config, &keys, &[Change::Delete(id.clone())]).await?;
+            println!("deleted {id}");
+        }
+        SubscriptionsCommand::RotateSecret { id, overlap } => {
+            let subscription = existing(&id)?;
+            let secret = generate_secret()?;
+            let spec = subscriptions::rotated(
+                &subscription.spec,
+                secret.clone(),
+                overlap,
+                std::time::SystemTime::now(),
+            );
+            write_checked(
+                config,
+                &keys,
+                Change::Update {
+                    spec,
+                    created_at: subscription.created_at.clone(),
+                    fields: vec!["secrets".into()],
+                },
+            )
+            .await?;
+            println!(
+                "rotated the secret of {id}; the old one signs for {} more",
+                humantime::format_duration(overlap)
+            );
+            println!("secret: {secret}   (shown once: give it to the receiver now)");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn set_enabled(
+    config: &HeraldConfig,
+    keys: &KeyRing,
+    subscription: &Current,
+    enabled: bool,
+) -> anyhow::Result<()> {
+    let state = if enabled { "enabled" } else { "disabled" };
+    let id = &subscription.spec.id;
+    if subscription.spec.enabled == enabled {
+        println!("{id} is already {state}");
+        return Ok(());
+    }
+    let spec = SubscriptionSpec {
+        enabled,
+        ..subscription.spec.clone()
+    };
+    let change = Change::Update {
+        spec,
+        created_at: subscription.created_at.clone(),
+        fields: vec!["enabled".into()],
+    };
+    write_checked(config, keys, change).await?;
+    println!("{state} {id}");
+    Ok(())
+}
+
+/// Checks the subscription a change writes, as a file's would be checked, then writes it.
+async fn write_checked(
+    config: &HeraldConfig,
+    keys: &KeyRing,
+    change: Change,
+) -> anyhow::Result<()> {
+    if let Change::Create(spec) | Change::Update { spec, .. } = &change {
+        SubscriptionTable::from_specs(std::slice::from_ref(spec), config.sender.allow_plain_http)
+            .map_err(|problems| anyhow::anyhow!("invalid subscription:\n{problems}"))?;
+    }
+    subscriptions::write(config, keys, &[change]).await?;
+    Ok(())
 }

@@ -64,7 +64,7 @@ pub async fn attempt(
 ) -> AttemptResult {
     let timestamp = unix_seconds(SystemTime::now());
     let signature = signing::signature_header(
-        &subscription.secrets,
+        &subscription.signing_secrets(SystemTime::now()),
         input.webhook_id,
         timestamp,
         &input.body,
