@@ -107,10 +107,12 @@ async fn topic_subscriptions_change_without_restart() -> anyhow::Result<()> {
     assert!(dry_run.contains("create  ledger"), "{dry_run}");
     assert!(dry_run.contains("dry run: nothing written"), "{dry_run}");
     let (ok, output) = apply(&first, false)?;
-    assert!(ok && output.contains("1 to create"), "{output}");
+    assert!(ok, "{output}");
+    assert!(output.contains("1 to create"), "{output}");
     let (ok, again) = apply(&first, true)?;
+    assert!(ok, "{again}");
     assert!(
-        ok && again.contains("0 to create, 0 to update, 0 to delete, 1 unchanged"),
+        again.contains("0 to create, 0 to update, 0 to delete, 1 unchanged"),
         "{again}"
     );
 
@@ -147,7 +149,8 @@ async fn topic_subscriptions_change_without_restart() -> anyhow::Result<()> {
     // 3. The ledger is deleted: a tombstone, and it gets nothing more.
     let third = write_file(&scenario, "third.yaml", &[(audit, "*")])?;
     let (ok, output) = apply(&third, false)?;
-    assert!(ok && output.contains("delete  ledger"), "{output}");
+    assert!(ok, "{output}");
+    assert!(output.contains("delete  ledger"), "{output}");
     wait::until("router and sender deleted the ledger", TIMEOUT, || {
         router.log_contains("subscription deleted") && sender.log_contains("subscription deleted")
     })
@@ -279,7 +282,7 @@ async fn gone_endpoint_is_disabled_on_the_topic() -> anyhow::Result<()> {
         "list shows no secrets: {gone_line}"
     );
 
-    // The file still says enabled, so applying it again would turn the subscription back on.
+    // The file still has enabled: true, so applying it again would turn the subscription back on.
     let (_, plan) = scenario.command(
         &["subscriptions", "apply", &file_text, "--dry-run"],
         &environment,
@@ -296,7 +299,7 @@ fn log_count(scenario: &Scenario, log: &str, text: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// The number of `v1,` signatures on each request the endpoint received, in arrival order.
+/// Counts the `v1,` signatures on each request the endpoint received, in arrival order.
 fn signature_counts(endpoint: &Endpoint) -> Vec<usize> {
     endpoint
         .receiver
@@ -335,7 +338,8 @@ async fn secret_rotation_signs_with_both_during_the_overlap() -> anyhow::Result<
         secret.as_str(),
     ];
     let (ok, output) = scenario.command(&create, &environment)?;
-    assert!(ok && output.contains("created ledger"), "{output}");
+    assert!(ok, "{output}");
+    assert!(output.contains("created ledger"), "{output}");
     assert!(
         !output.contains("secret:"),
         "a given secret is not printed: {output}"
@@ -363,7 +367,8 @@ async fn secret_rotation_signs_with_both_during_the_overlap() -> anyhow::Result<
         ],
         &environment,
     )?;
-    assert!(ok && output.contains("secret: whsec_"), "{output}");
+    assert!(ok, "{output}");
+    assert!(output.contains("secret: whsec_"), "{output}");
     wait::until("the sender took the new secret", TIMEOUT, || {
         log_count(&scenario, "sender.log", "subscription updated") >= 1
     })
@@ -415,12 +420,14 @@ async fn secret_rotation_signs_with_both_during_the_overlap() -> anyhow::Result<
 
     // Disable and enable from the command line.
     let (ok, output) = scenario.command(&["subscriptions", "disable", "ledger"], &environment)?;
-    assert!(ok && output.contains("disabled ledger"), "{output}");
+    assert!(ok, "{output}");
+    assert!(output.contains("disabled ledger"), "{output}");
     let (_, listed) =
         scenario.command(&["subscriptions", "list", "--output", "json"], &environment)?;
     assert!(listed.contains("\"enabled\":false"), "{listed}");
     let (ok, output) = scenario.command(&["subscriptions", "enable", "ledger"], &environment)?;
-    assert!(ok && output.contains("enabled ledger"), "{output}");
+    assert!(ok, "{output}");
+    assert!(output.contains("enabled ledger"), "{output}");
     router.check_running()?;
     sender.check_running()?;
     remove_folder(&scenario.folder);
