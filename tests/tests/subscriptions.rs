@@ -381,6 +381,10 @@ async fn secret_rotation_signs_with_both_during_the_overlap() -> anyhow::Result<
     )
     .await?;
     assert_eq!(signature_counts(ledger)[5..], [2, 2, 2, 2, 2]);
+    let (_, listed) =
+        scenario.command(&["subscriptions", "list", "--output", "json"], &environment)?;
+    assert!(listed.contains("\"retiring_secret_count\":1"), "{listed}");
+    assert!(!listed.contains("whsec_"), "list shows a secret: {listed}");
 
     // Rotation without an overlap: only the newest secret signs, which this receiver lacks.
     let (ok, _) = scenario.command(

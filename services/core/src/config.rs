@@ -339,12 +339,23 @@ impl std::fmt::Debug for EncryptionConfig {
 }
 
 impl EncryptionConfig {
+    /// True when no key is given; an empty environment variable counts as none.
+    pub fn is_empty(&self) -> bool {
+        self.keys.iter().all(|entry| entry.trim().is_empty())
+    }
+
     /// Builds the key ring; configuration that passed [`HeraldConfig::problems`] builds when
     /// keys are given.
     pub fn key_ring(
         &self,
     ) -> Result<crate::encryption::KeyRing, crate::encryption::EncryptionError> {
-        crate::encryption::KeyRing::parse(&self.keys)
+        let keys: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|entry| !entry.trim().is_empty())
+            .cloned()
+            .collect();
+        crate::encryption::KeyRing::parse(&keys)
     }
 }
 
@@ -603,13 +614,12 @@ impl HeraldConfig {
                 "must be more than twice sender.default_max_concurrency, so that one subscription cannot fill a partition's window",
             );
         }
-        if !self.encryption.keys.is_empty()
+        if !self.encryption.is_empty()
             && let Err(error) = self.encryption.key_ring()
         {
             problems.add("encryption.keys", error.to_string());
         }
-        if self.subscriptions.source == SubscriptionSource::Topic && self.encryption.keys.is_empty()
-        {
+        if self.subscriptions.source == SubscriptionSource::Topic && self.encryption.is_empty() {
             problems.add(
                 "encryption.keys",
                 "required when subscriptions.source = \"topic\": secrets on the topic are sealed with them",

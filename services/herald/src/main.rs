@@ -83,10 +83,16 @@ fn main() -> ExitCode {
         }
     };
     herald_core::logging::init(&config.log);
+    let service = matches!(cli.command, Command::Router | Command::Sender);
     match runtime.block_on(run(cli.command, config)) {
         Ok(code) => code,
-        Err(error) => {
+        // A service's end belongs in its log; a command's error goes to its user.
+        Err(error) if service => {
             tracing::error!(error = %format!("{error:#}"), "herald stopped");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("herald: {error:#}");
             ExitCode::FAILURE
         }
     }

@@ -112,12 +112,21 @@ pub async fn run(config: &HeraldConfig, command: SubscriptionsCommand) -> anyhow
                         let mut line = serde_json::to_value(spec)?;
                         if let Some(object) = line.as_object_mut() {
                             object.remove("secrets");
+                            object.remove("retiring_secrets");
                             object.insert("url".into(), redacted_url(&spec.url).into());
-                            object.insert("secretCount".into(), spec.secrets.len().into());
-                            object
-                                .insert("createdAt".into(), subscription.created_at.clone().into());
-                            object
-                                .insert("updatedAt".into(), subscription.updated_at.clone().into());
+                            object.insert("secret_count".into(), spec.secrets.len().into());
+                            object.insert(
+                                "retiring_secret_count".into(),
+                                spec.retiring_secrets.len().into(),
+                            );
+                            object.insert(
+                                "created_at".into(),
+                                subscription.created_at.clone().into(),
+                            );
+                            object.insert(
+                                "updated_at".into(),
+                                subscription.updated_at.clone().into(),
+                            );
                         }
                         println!("{line}");
                     }
