@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::{HeraldConfig, Problems};
 use crate::encryption::{EncryptionError, KeyRing};
 use crate::kafka;
-use crate::subscription::{RetiringSecret, SubscriptionSpec, SubscriptionTable, check_spec};
+use crate::subscription::{
+    RetiringSecret, Subscription, SubscriptionSpec, SubscriptionTable, check_spec,
+};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long start-up may take to read the topic to its end.
@@ -93,7 +95,7 @@ pub struct Subscriptions {
     topic: Option<Arc<TopicWriter>>,
 }
 
-/// What writing a change back to the subscriptions topic needs.
+/// The producer and state for writing a change back to the subscriptions topic.
 struct TopicWriter {
     topic: String,
     producer: rdkafka::producer::FutureProducer,
@@ -178,9 +180,10 @@ pub enum RegistryError {
     CatchUp { topic: String },
 }
 
-/// The specs read so far, by id, with their secrets opened.
+/// The subscriptions read so far, by id, checked once as each record arrives. An invalid one is
+/// left out of the table.
 struct Followed {
-    specs: BTreeMap<String, SubscriptionSpec>,
+    checked: BTreeMap<String, Subscription>,
     /// The same records as stored, for writing a change back.
     stored: Arc<TopicWriter>,
     keys: KeyRing,
@@ -198,9 +201,9 @@ impl Followed {
             return None;
         };
         let Some(value) = message.payload() else {
-            self.stored_records().remove(id);
+            self.checked.remove(id);
             return self
-                .specs
+                .stored_records()
                 .remove(id)
                 .map(|_| ("subscription deleted", id.to_owned()));
         };
@@ -210,13 +213,20 @@ impl Followed {
         });
         match opened {
             Ok((stored, spec)) if spec.id == id => {
-                self.stored_records().insert(id.to_owned(), stored);
-                let change = if self.specs.contains_key(id) {
-                    "subscription updated"
-                } else {
-                    "subscription created"
+                let change = match self.stored_records().insert(id.to_owned(), stored) {
+                    Some(_) => "subscription updated",
+                    None => "subscription created",
                 };
-                self.specs.insert(id.to_owned(), spec);
+                let mut problems = Problems::default();
+                match check_spec(&spec, id, self.allow_plain_http, &mut problems) {
+                    Some(subscription) => {
+                        self.checked.insert(id.to_owned(), subscription);
+                    }
+                    None => {
+                        tracing::warn!(subscription_id = id, %problems, "subscription left out: invalid");
+                        self.checked.remove(id);
+                    }
+                }
                 Some((change, id.to_owned()))
             }
             Ok((_, spec)) => {
@@ -237,17 +247,9 @@ impl Followed {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Builds the table from every spec that passes its checks; the others are logged.
+    /// Builds the table from the valid subscriptions.
     fn table(&self) -> SubscriptionTable {
-        let checked = self.specs.values().filter_map(|spec| {
-            let mut problems = Problems::default();
-            let subscription = check_spec(spec, &spec.id, self.allow_plain_http, &mut problems);
-            if subscription.is_none() {
-                tracing::warn!(subscription_id = %spec.id, %problems, "subscription skipped: invalid");
-            }
-            subscription
-        });
-        SubscriptionTable::from_checked(checked)
+        SubscriptionTable::from_checked(self.checked.values().cloned())
     }
 }
 
@@ -293,7 +295,7 @@ pub async fn follow(config: &HeraldConfig) -> Result<Subscriptions, RegistryErro
         stored: Mutex::new(BTreeMap::new()),
     });
     let mut followed = Followed {
-        specs: BTreeMap::new(),
+        checked: BTreeMap::new(),
         stored: Arc::clone(&writer),
         keys,
         allow_plain_http: config.sender.allow_plain_http,
