@@ -95,11 +95,17 @@ pub fn bad_events() -> anyhow::Result<Vec<SampleRecord>> {
 /// Returns `count` small `payment.settled` events with distinct ids `evt_<prefix>_<n>`, keyed
 /// over 17 customers.
 pub fn synthetic_payments(prefix: &str, count: usize) -> Vec<SampleRecord> {
+    synthetic_events(prefix, "payment.settled", count)
+}
+
+/// Returns `count` small events of `event_type`, shaped like payments, with distinct ids
+/// `evt_<prefix>_<n>`, keyed over 17 customers.
+pub fn synthetic_events(prefix: &str, event_type: &str, count: usize) -> Vec<SampleRecord> {
     (0..count)
         .map(|n| {
             let value = serde_json::json!({
                 "eventId": format!("evt_{prefix}_{n:05}"),
-                "eventType": "payment.settled",
+                "eventType": event_type,
                 "timestamp": "2026-12-04T10:00:00Z",
                 "data": {"paymentId": format!("PAY_{n}"), "amount": "100.00", "currency": "CHF"}
             });

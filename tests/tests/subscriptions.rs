@@ -9,32 +9,13 @@ use std::time::Duration;
 use rdkafka::Message;
 
 use herald_tests::kafka::{publish, read_topic};
-use herald_tests::samples::SampleRecord;
+use herald_tests::samples::{SampleRecord, synthetic_events as events};
 use herald_tests::scenario::{Endpoint, Scenario, remove_folder, subscriptions_yaml};
 use herald_tests::wait;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// A test key; real keys come from the deployment's secrets.
 const KEYS: &str = "test-1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-
-fn events(batch: &str, event_type: &str, count: usize) -> Vec<SampleRecord> {
-    (0..count)
-        .map(|n| SampleRecord {
-            key: format!("CUST_{n}"),
-            value: Some(
-                serde_json::json!({
-                    "eventId": format!("evt_{batch}_{n:03}"),
-                    "eventType": event_type,
-                    "data": {"n": n}
-                })
-                .to_string()
-                .into_bytes(),
-            ),
-            expect_delivery: true,
-            why: String::new(),
-        })
-        .collect()
-}
 
 fn ids(records: &[SampleRecord]) -> BTreeSet<String> {
     records
