@@ -28,8 +28,7 @@ pub struct ScenarioOptions {
     /// `("rate_limit_per_second", "20")`.
     pub subscription_settings: BTreeMap<String, Vec<(String, String)>>,
     /// `sender.circuit_failure_threshold`. Functional tests keep circuits closed (a million
-    /// failures), so that every retry they expect is a real request; tests of the circuit and
-    /// load tests set it.
+    /// failures), so that every retry they expect is a real request. Circuit and load tests set it.
     pub circuit_failure_threshold: Option<u32>,
 }
 

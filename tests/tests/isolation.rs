@@ -64,7 +64,7 @@ async fn rate_limit_holds_at_the_receiver() -> anyhow::Result<()> {
     sender.check_running()?;
     arrived?;
 
-    // The most requests within any one second, measured where the endpoint sees them.
+    // The maximum number of requests within any one second, measured at the receiver.
     let mut arrivals: Vec<Instant> = limited
         .receiver
         .requests()
@@ -132,18 +132,18 @@ async fn concurrency_limit_is_never_exceeded() -> anyhow::Result<()> {
     sender.check_running()?;
     arrived?;
 
-    let most = narrow
+    let max_open = narrow
         .receiver
         .counts()
         .max_in_progress
         .load(Ordering::Acquire);
-    println!("at most {most} requests open at once (limit {LIMIT})");
+    println!("at most {max_open} requests open at once (limit {LIMIT})");
     assert!(
-        most <= LIMIT,
-        "{most} requests were open at once, over {LIMIT}"
+        max_open <= LIMIT,
+        "{max_open} requests were open at once, over {LIMIT}"
     );
     assert_eq!(
-        most, LIMIT,
+        max_open, LIMIT,
         "the limit was never reached: the test proves nothing"
     );
     remove_folder(&scenario.folder);

@@ -289,7 +289,7 @@ impl RetryConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SubscriptionsConfig {
-    /// Where the router and the sender read subscriptions from.
+    /// The source the router and the sender read subscriptions from.
     pub source: SubscriptionSource,
     /// YAML file listing subscriptions when `source` is `file`; relative paths start at the
     /// working directory.
@@ -305,7 +305,7 @@ impl Default for SubscriptionsConfig {
     }
 }
 
-/// Where subscriptions come from.
+/// The source of subscriptions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SubscriptionSource {

@@ -16,8 +16,8 @@ use crate::offsets::TopicPartition;
 /// How much fetched data a consumer may queue, in kilobytes: bounds memory whatever the backlog.
 const CONSUMER_QUEUE_KILOBYTES: &str = "16384";
 /// How long the broker may hold a fetch that has no new data, in milliseconds. librdkafka's
-/// default of 500 showed up as a p99 of about 300 ms at a moderate, steady load (see
-/// loadtest/README.md); an idle consumer then sends up to 20 fetches a second.
+/// default of 500 gave a p99 of about 300 ms at a moderate, steady load (loadtest/README.md).
+/// The cost is up to 20 fetches a second from an idle consumer.
 const CONSUMER_FETCH_WAIT_MS: &str = "50";
 /// How long a producer waits to fill a batch, in milliseconds.
 const PRODUCER_LINGER_MS: &str = "5";
@@ -148,11 +148,11 @@ pub fn producer(kafka: &KafkaConfig) -> rdkafka::error::KafkaResult<FutureProduc
     producer_config(kafka).create()
 }
 
-/// What a consume loop does when partitions are taken away from it: called inside the rebalance,
+/// The consume loop's handling of partitions taken away from it. It runs inside the rebalance,
 /// before the partitions go, so that work in flight can finish and its offsets be committed.
 pub trait RevokeHandler: Send + Sync {
-    /// Finishes what it can for `revoked` and stores and commits the offsets; `lost` is true when
-    /// the group has already given the partitions to another member, and nothing may be committed.
+    /// Finishes what it can for `revoked`, then stores and commits the offsets. `lost` is true
+    /// when the group has already given the partitions to another member, so nothing is committed.
     fn revoked(
         &self,
         consumer: &BaseConsumer<GenerationContext>,

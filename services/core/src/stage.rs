@@ -243,7 +243,7 @@ impl<E: std::error::Error + 'static> Window<E> {
     }
 }
 
-/// Why the loop stopped taking records, and since when.
+/// The reason the loop stopped taking records, and since when.
 struct Stall {
     since: tokio::time::Instant,
     /// Partitions at their own limit.

@@ -3,12 +3,12 @@
 //! keyed by subscription id), so these in-process limits are the subscription's global ones.
 //!
 //! A delivery requests a pass from its subscription's gate before its attempt. It waits while the
-//! subscription is at its limits, but never long. The answer is to park it on the first retry
-//! tier, which frees its place in the in-flight window for deliveries to other subscriptions,
-//! when the wait would pass `park_after`: estimated from the line ahead of it and the recent
-//! attempt time, or known at once when no attempt has finished for `park_after` while every slot
-//! is taken (an endpoint that does not answer). A delivery that waited `park_after` after all is
-//! parked too, as is one that finds `max_waiting` others already waiting.
+//! subscription is at its limits, but never long. When the wait would pass `park_after`, the
+//! delivery is parked on the first retry tier instead, which frees its place in the in-flight
+//! window for deliveries to other subscriptions. The wait is estimated from the line ahead and
+//! the recent attempt time. It counts as too long at once when every slot is taken and no attempt
+//! has finished for `park_after` (an endpoint that does not respond). A delivery that waited
+//! `park_after` after all is parked too, as is one that finds `max_waiting` others waiting.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;

@@ -61,9 +61,9 @@ pub struct Counts {
     pub duplicates: AtomicU64,
     /// Verified requests given a failure status on purpose (see [`Receiver::fail_first`]).
     pub failed: AtomicU64,
-    /// Requests read and not yet answered, delayed ones included.
+    /// Requests read and not yet responded to, delayed ones included.
     pub in_progress: AtomicU64,
-    /// The most requests that were in progress at the same time.
+    /// The maximum number of requests in progress at the same time.
     pub max_in_progress: AtomicU64,
 }
 
