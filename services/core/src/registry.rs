@@ -384,6 +384,7 @@ mod tests {
                 secret: "y".into(),
                 until: "2026-12-05T10:00:00Z".into(),
             }],
+            headers: [("X-Tenant".to_owned(), "acme".to_owned())].into(),
             ..SubscriptionSpec::new("ledger", "https://a.example.com/", &["*"], vec!["x".into()])
         };
         let stored = StoredSubscription {

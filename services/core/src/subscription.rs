@@ -4,7 +4,7 @@
 //! Subscriptions are loaded from a YAML file. They are checked as a whole at start-up, and every
 //! problem is reported with its place in the file.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -58,6 +58,10 @@ pub struct SubscriptionSpec {
     /// move to the new secret without a gap.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retiring_secrets: Vec<RetiringSecret>,
+    /// Extra request headers, such as a routing key the receiver's gateway expects. Herald's own
+    /// headers cannot be replaced.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// A secret that signs until `until` (RFC 3339).
@@ -84,6 +88,7 @@ impl SubscriptionSpec {
             max_concurrency: None,
             filter: Vec::new(),
             retiring_secrets: Vec::new(),
+            headers: BTreeMap::new(),
         }
     }
 }
@@ -109,6 +114,8 @@ pub struct Subscription {
     pub filter: Option<Filter>,
     /// Secrets being replaced, with the time each stops signing.
     pub retiring_secrets: Vec<(Secret, std::time::SystemTime)>,
+    /// Extra request headers, checked to be valid and not to replace Herald's own.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl Subscription {
@@ -269,6 +276,8 @@ pub fn check_spec(
         }
     };
 
+    let headers = check_headers(&spec.headers, key, problems);
+
     if problems.len() > before {
         return None;
     }
@@ -285,7 +294,67 @@ pub fn check_spec(
         max_concurrency: spec.max_concurrency,
         filter,
         retiring_secrets,
+        headers,
     })
+}
+
+/// Headers a subscription may not set: Herald's own, and those the HTTP client manages.
+const RESERVED_HEADERS: [&str; 10] = [
+    "content-type",
+    "content-length",
+    "user-agent",
+    "host",
+    "connection",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "traceparent",
+    "tracestate",
+];
+const MAX_HEADERS: usize = 20;
+const MAX_HEADER_VALUE_BYTES: usize = 1_024;
+
+/// Checks extra headers: valid names that Herald does not set itself, and values of visible
+/// ASCII (so no value can end a header line and start another).
+fn check_headers(
+    headers: &BTreeMap<String, String>,
+    key: &str,
+    problems: &mut Problems,
+) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    if headers.len() > MAX_HEADERS {
+        problems.add(
+            format!("{key}.headers"),
+            format!("must hold at most {MAX_HEADERS} headers"),
+        );
+    }
+    let mut checked = Vec::new();
+    for (name, value) in headers {
+        let place = format!("{key}.headers.{name}");
+        let Ok(header_name) = http::HeaderName::from_bytes(name.as_bytes()) else {
+            problems.add(place, "is not a valid header name");
+            continue;
+        };
+        let lower = header_name.as_str();
+        if RESERVED_HEADERS.contains(&lower) || lower.starts_with("webhook-") {
+            problems.add(place, "is set by Herald and cannot be replaced");
+            continue;
+        }
+        if value.len() > MAX_HEADER_VALUE_BYTES {
+            problems.add(
+                place,
+                format!("must be at most {MAX_HEADER_VALUE_BYTES} bytes"),
+            );
+            continue;
+        }
+        match http::HeaderValue::from_str(value) {
+            Ok(header_value) if !value.contains('\t') => checked.push((header_name, header_value)),
+            _ => problems.add(
+                place,
+                "must be printable ASCII: no line breaks or control characters",
+            ),
+        }
+    }
+    checked
 }
 
 /// Checks an endpoint URL: absolute, HTTPS unless plain HTTP is allowed, no credentials.
@@ -524,6 +593,38 @@ mod tests {
             .iter()
             .map(|s| s.id.clone())
             .collect()
+    }
+
+    #[test]
+    fn extra_headers_are_checked() {
+        let mut bad = spec("ledger", &["*"]);
+        for (name, value) in [
+            ("X-Tenant", "acme"),
+            ("Webhook-Signature", "v1,forged"),
+            ("content-type", "text/plain"),
+            ("bad name", "x"),
+            ("X-Split", "a\r\nX-Injected: 1"),
+        ] {
+            bad.headers.insert(name.into(), value.into());
+        }
+        let mut problems = Problems::default();
+        assert!(check_spec(&bad, "s", false, &mut problems).is_none());
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "s.headers.Webhook-Signature",
+                "s.headers.X-Split",
+                "s.headers.bad name",
+                "s.headers.content-type"
+            ]
+        );
+
+        let mut good = spec("ledger", &["*"]);
+        good.headers.insert("X-Tenant".into(), "acme".into());
+        let checked = check_spec(&good, "s", false, &mut Problems::default()).expect("valid");
+        assert_eq!(checked.headers.len(), 1);
+        assert_eq!(checked.headers[0].0.as_str(), "x-tenant");
     }
 
     #[test]

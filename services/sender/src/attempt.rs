@@ -76,6 +76,9 @@ pub async fn attempt(
         .header("webhook-id", input.webhook_id)
         .header("webhook-timestamp", timestamp.to_string())
         .header("webhook-signature", signature);
+    for (name, value) in &subscription.headers {
+        builder = builder.header(name, value);
+    }
     // Trace context comes from the publisher unchecked, so it is forwarded only when it is a
     // valid header value.
     for (name, value) in [
@@ -93,4 +96,59 @@ pub async fn attempt(
     client
         .send(request, Duration::from_millis(subscription.timeout_ms))
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_core::config::Problems;
+    use herald_core::subscription::{SubscriptionSpec, check_spec};
+    use herald_verify::receiver::{Receiver, ReceiverOptions};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn extra_headers_are_sent_beside_the_signature() {
+        const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let secret = herald_verify::Secret::parse(SECRET).expect("valid secret");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let receiver = Receiver::start(
+            listener,
+            ReceiverOptions {
+                name: "headers".into(),
+                verifier: herald_verify::Verifier::new(vec![secret]).expect("verifier"),
+                keep_requests: true,
+                log_file: None,
+                hook: None,
+            },
+        )
+        .expect("receiver");
+        let mut spec = SubscriptionSpec::new(
+            "ledger",
+            &format!("http://{}/hook", receiver.address()),
+            &["*"],
+            vec![SECRET.into()],
+        );
+        spec.headers.insert("X-Tenant".into(), "acme-bank".into());
+        let mut problems = Problems::default();
+        let subscription = check_spec(&spec, "s", true, &mut problems).expect("valid");
+
+        let client = WebhookClient::new(Duration::from_secs(1), 16 * 1024);
+        let input = AttemptInput {
+            webhook_id: "evt_headers",
+            body: Bytes::from_static(b"{}"),
+            traceparent: None,
+            tracestate: None,
+        };
+        let response = attempt(&client, &subscription, input).await.expect("sent");
+        assert!(response.status.is_success());
+        let requests = receiver.requests();
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].headers["x-tenant"], "acme-bank");
+        assert!(
+            requests[0].verification.is_ok(),
+            "the signature still verifies"
+        );
+    }
 }
