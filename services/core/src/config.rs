@@ -44,6 +44,10 @@ pub const DEFAULT_RETRY_PARTITIONS: i32 = 6;
 pub const DEFAULT_JITTER_PERCENT: u32 = 10;
 pub const DEFAULT_MAX_RETRY_AFTER_S: u64 = 24 * 60 * 60;
 pub const DEFAULT_FORWARDER_GROUP: &str = "herald-forwarder";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8088";
+pub const DEFAULT_ADMIN_MAX_BODY_BYTES: usize = 256 * 1024;
+/// The shortest bearer token accepted, so that no token can be guessed.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 24;
 
 /// The whole configuration; each service reads the sections it needs.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -57,6 +61,7 @@ pub struct HeraldConfig {
     pub retry: RetryConfig,
     pub log: LogConfig,
     pub encryption: EncryptionConfig,
+    pub admin: AdminConfig,
 }
 
 /// How to reach Kafka.
@@ -359,6 +364,93 @@ impl EncryptionConfig {
     }
 }
 
+/// The admin HTTP API (`herald admin`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address and port the API listens on.
+    pub listen: String,
+    /// Bearer tokens as `<role>:<token>`, where the role is `admin` (every operation) or `read`
+    /// (reads only). Give them through the environment from the deployment's secrets:
+    /// `HERALD__ADMIN__TOKENS=admin:…,read:…`.
+    pub tokens: Vec<String>,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_ADMIN_LISTEN.to_owned(),
+            tokens: Vec::new(),
+            max_body_bytes: DEFAULT_ADMIN_MAX_BODY_BYTES,
+        }
+    }
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let roles: Vec<&str> = self
+            .tokens
+            .iter()
+            .map(|entry| entry.split_once(':').map_or("?", |(role, _)| role))
+            .collect();
+        formatter
+            .debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token_roles", &roles)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
+}
+
+/// The permission a bearer token grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AdminRole {
+    /// Reads only.
+    Read,
+    /// Every operation.
+    Admin,
+}
+
+impl AdminConfig {
+    /// Returns each configured token with its role; an empty entry counts as none.
+    pub fn roles(&self) -> Result<Vec<(AdminRole, String)>, Problems> {
+        let mut problems = Problems::default();
+        let mut tokens = Vec::new();
+        for (position, entry) in self.tokens.iter().enumerate() {
+            let entry = entry.trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let key = format!("admin.tokens[{position}]");
+            let (role, token) = match entry.split_once(':') {
+                Some(("admin", token)) => (AdminRole::Admin, token),
+                Some(("read", token)) => (AdminRole::Read, token),
+                _ => {
+                    problems.add(key, "must be admin:<token> or read:<token>");
+                    continue;
+                }
+            };
+            if token.chars().count() < MIN_ADMIN_TOKEN_CHARS
+                || !token.bytes().all(|b| b.is_ascii_graphic())
+            {
+                problems.add(
+                    key,
+                    format!("the token must be at least {MIN_ADMIN_TOKEN_CHARS} printable ASCII characters without spaces, such as the output of `openssl rand -hex 32`"),
+                );
+                continue;
+            }
+            tokens.push((role, token.to_owned()));
+        }
+        if problems.is_empty() {
+            Ok(tokens)
+        } else {
+            Err(problems)
+        }
+    }
+}
+
 /// Log output. `RUST_LOG`, when set, overrides `level`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -463,6 +555,7 @@ impl HeraldConfig {
                 .with_list_parse_key("router.source_topics")
                 .with_list_parse_key("retry.tiers")
                 .with_list_parse_key("encryption.keys")
+                .with_list_parse_key("admin.tokens")
                 .source(Some(environment)),
         );
         let mut loaded: Self = builder
@@ -625,6 +718,22 @@ impl HeraldConfig {
                 "required when subscriptions.source = \"topic\": secrets on the topic are sealed with them",
             );
         }
+        if let Err(token_problems) = self.admin.roles() {
+            for problem in token_problems.iter() {
+                problems.add(problem.key.clone(), problem.message.clone());
+            }
+        }
+        if self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.add(
+                "admin.listen",
+                "must be an address and port, such as 127.0.0.1:8088 or 0.0.0.0:8088",
+            );
+        }
+        require_positive(
+            &mut problems,
+            "admin.max_body_bytes",
+            self.admin.max_body_bytes as u64,
+        );
         if let Some(name) = &self.kafka.group_instance_id
             && name.trim().is_empty()
         {
@@ -780,6 +889,52 @@ mod tests {
             .expect("example loads");
         assert_eq!(config.router.source_topics, ["banking.events"]);
         assert_eq!(config.retry.schedule().map(|s| s.tiers().len()), Ok(8));
+    }
+
+    #[test]
+    fn admin_tokens_parse_with_roles() {
+        let admin_token = "a".repeat(32);
+        let read_token = "r".repeat(32);
+        let config = HeraldConfig::load_with_environment(
+            None,
+            environment(&[(
+                "HERALD__ADMIN__TOKENS",
+                &format!("admin:{admin_token},read:{read_token}"),
+            )]),
+        )
+        .expect("valid tokens");
+        assert_eq!(
+            config.admin.roles(),
+            Ok(vec![
+                (AdminRole::Admin, admin_token.clone()),
+                (AdminRole::Read, read_token)
+            ])
+        );
+        let printed = format!("{config:?}");
+        assert!(!printed.contains(&admin_token), "tokens stay out of Debug");
+    }
+
+    #[test]
+    fn bad_admin_tokens_are_named() {
+        let error = HeraldConfig::load_with_environment(
+            None,
+            environment(&[
+                (
+                    "HERALD__ADMIN__TOKENS",
+                    "owner:0123456789abcdef0123456789,read:short",
+                ),
+                ("HERALD__ADMIN__LISTEN", "localhost"),
+            ]),
+        )
+        .expect_err("bad tokens");
+        let ConfigError::Invalid(problems) = error else {
+            panic!("expected invalid values, got {error:?}");
+        };
+        assert_eq!(
+            problems.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
+            ["admin.tokens[0]", "admin.tokens[1]", "admin.listen"]
+        );
+        assert!(!problems.to_string().contains("0123456789abcdef"));
     }
 
     #[test]

@@ -176,6 +176,15 @@ pub fn generate_secret() -> Result<String, EncryptionError> {
     Ok(format!("whsec_{}", STANDARD.encode(bytes)))
 }
 
+/// Returns `bytes` random bytes as lowercase hex, for generated ids.
+pub fn random_hex(bytes: usize) -> Result<String, EncryptionError> {
+    let mut buffer = vec![0u8; bytes];
+    SystemRandom::new()
+        .fill(&mut buffer)
+        .map_err(|_| EncryptionError::Random)?;
+    Ok(buffer.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

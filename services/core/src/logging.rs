@@ -20,3 +20,15 @@ pub fn init(config: &LogConfig) {
         LogFormat::Text => builder.try_init(),
     };
 }
+
+/// Joins an error and its sources into one line, such as `writing failed: timed out`.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

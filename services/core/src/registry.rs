@@ -102,6 +102,24 @@ struct TopicWriter {
     produce_timeout: Duration,
     /// The latest record of each subscription, as stored (secrets sealed).
     stored: Mutex<BTreeMap<String, StoredSubscription>>,
+    /// The offset of the next record to apply, per partition, and a signal when it moves.
+    applied: Mutex<HashMap<i32, i64>>,
+    advanced: tokio::sync::Notify,
+}
+
+/// The error of writing a change to the subscriptions topic.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("subscriptions come from a file and cannot be changed while running")]
+    NotFollowing,
+    #[error("writing to {topic} failed")]
+    Kafka {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("the change was written to {topic} but not read back within {timeout:?}")]
+    NotApplied { topic: String, timeout: Duration },
 }
 
 impl Subscriptions {
@@ -116,33 +134,58 @@ impl Subscriptions {
     /// Disables a subscription on the topic, so that it stays disabled across restarts and in
     /// every process. Returns `Ok(false)` when subscriptions come from a file, which cannot be
     /// changed from here.
-    pub async fn disable_on_topic(&self, id: &str) -> Result<bool, KafkaError> {
-        let Some(writer) = &self.topic else {
+    pub async fn disable_on_topic(&self, id: &str) -> Result<bool, WriteError> {
+        let Some(mut disabled) = self.stored(id) else {
             return Ok(false);
         };
-        let record = {
-            let stored = writer
-                .stored
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let Some(current) = stored.get(id) else {
-                return Ok(false);
-            };
-            let mut disabled = current.clone();
-            disabled.subscription.enabled = false;
-            disabled.updated_at = crate::time::rfc3339(std::time::SystemTime::now());
-            disabled.encode()
+        disabled.subscription.enabled = false;
+        disabled.updated_at = crate::time::rfc3339(std::time::SystemTime::now());
+        self.write(id, Some(&disabled)).await.map(|()| true)
+    }
+
+    /// Returns the latest record of each subscription on the topic, secrets sealed; empty when
+    /// subscriptions come from a file.
+    pub fn stored_all(&self) -> BTreeMap<String, StoredSubscription> {
+        match &self.topic {
+            Some(writer) => writer.stored_records().clone(),
+            None => BTreeMap::new(),
+        }
+    }
+
+    /// Returns the latest record of one subscription on the topic, secrets sealed.
+    pub fn stored(&self, id: &str) -> Option<StoredSubscription> {
+        self.topic
+            .as_ref()
+            .and_then(|writer| writer.stored_records().get(id).cloned())
+    }
+
+    /// Writes a subscription's record (`None` writes a tombstone) and waits until this process
+    /// has read it back, so the next read and the next routed record see the change.
+    pub async fn write(
+        &self,
+        id: &str,
+        record: Option<&StoredSubscription>,
+    ) -> Result<(), WriteError> {
+        let Some(writer) = &self.topic else {
+            return Err(WriteError::NotFollowing);
         };
-        let message: rdkafka::producer::FutureRecord<'_, str, [u8]> =
-            rdkafka::producer::FutureRecord::to(&writer.topic)
-                .key(id)
-                .payload(&record);
-        writer
+        let value = record.map(StoredSubscription::encode);
+        let mut message: rdkafka::producer::FutureRecord<'_, str, [u8]> =
+            rdkafka::producer::FutureRecord::to(&writer.topic).key(id);
+        if let Some(value) = &value {
+            message = message.payload(value);
+        }
+        let delivered = writer
             .producer
             .send(message, writer.produce_timeout)
             .await
-            .map(|_| true)
-            .map_err(|(error, _)| error)
+            .map_err(|(source, _)| WriteError::Kafka {
+                topic: writer.topic.clone(),
+                source,
+            })?;
+        writer
+            .wait_applied(delivered.partition, delivered.offset)
+            .await
     }
 
     /// Returns the table as it is now; hold it for the whole of one record's work.
@@ -160,6 +203,49 @@ impl Subscriptions {
             .current
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(table);
+    }
+}
+
+impl TopicWriter {
+    fn stored_records(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, StoredSubscription>> {
+        self.stored
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records that the record at `offset` of `partition` has been applied.
+    fn mark_applied(&self, partition: i32, offset: i64) {
+        self.applied
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(partition, offset + 1);
+        self.advanced.notify_waiters();
+    }
+
+    /// Waits until the record at `offset` of `partition` has been applied.
+    async fn wait_applied(&self, partition: i32, offset: i64) -> Result<(), WriteError> {
+        let applied = || {
+            self.applied
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .get(&partition)
+                .is_some_and(|&next| next > offset)
+        };
+        let deadline = tokio::time::Instant::now() + self.produce_timeout;
+        loop {
+            let advanced = self.advanced.notified();
+            tokio::pin!(advanced);
+            advanced.as_mut().enable();
+            if applied() {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, advanced).await.is_err() {
+                return Err(WriteError::NotApplied {
+                    topic: self.topic.clone(),
+                    timeout: self.produce_timeout,
+                });
+            }
+        }
     }
 }
 
@@ -241,10 +327,7 @@ impl Followed {
     }
 
     fn stored_records(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, StoredSubscription>> {
-        self.stored
-            .stored
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.stored.stored_records()
     }
 
     /// Builds the table from the valid subscriptions.
@@ -293,6 +376,8 @@ pub async fn follow(config: &HeraldConfig) -> Result<Subscriptions, RegistryErro
         producer: kafka::producer(&config.kafka).map_err(kafka_error)?,
         produce_timeout: Duration::from_millis(config.kafka.produce_timeout_ms),
         stored: Mutex::new(BTreeMap::new()),
+        applied: Mutex::new(HashMap::new()),
+        advanced: tokio::sync::Notify::new(),
     });
     let mut followed = Followed {
         checked: BTreeMap::new(),
@@ -309,6 +394,7 @@ pub async fn follow(config: &HeraldConfig) -> Result<Subscriptions, RegistryErro
             })?;
         let message = received.map_err(kafka_error)?;
         followed.apply(&message);
+        writer.mark_applied(message.partition(), message.offset());
         if ends
             .get(&message.partition())
             .is_some_and(|&end| message.offset() + 1 >= end)
@@ -335,6 +421,9 @@ pub async fn follow(config: &HeraldConfig) -> Result<Subscriptions, RegistryErro
                         live.replace(followed.table());
                         tracing::info!(subscription_id = %id, "{change}");
                     }
+                    followed
+                        .stored
+                        .mark_applied(message.partition(), message.offset());
                 }
                 Err(error) => {
                     tracing::warn!(%topic, %error, "reading the subscriptions topic failed, continuing")

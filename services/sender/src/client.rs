@@ -13,6 +13,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use herald_core::logging::error_chain;
+
 use crate::attempt::AttemptError;
 
 /// The longest time spent reading a response body once the status has arrived. A body that
@@ -107,18 +109,6 @@ fn classify(error: hyper_util::client::legacy::Error) -> AttemptError {
     } else {
         AttemptError::Request(detail)
     }
-}
-
-/// Joins an error and its sources, for the attempt's `herald-last-error`.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
