@@ -112,6 +112,24 @@ impl HeraldProcess {
         Ok(())
     }
 
+    /// Returns `router`, `sender` or whichever command the process runs.
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+
+    /// Checks that the process runs and read `count` subscriptions from the topic at start-up.
+    pub fn check_table_read(&mut self, count: usize) -> anyhow::Result<()> {
+        self.check_running()?;
+        anyhow::ensure!(
+            self.log_contains("subscriptions read from the topic")
+                && self.log_contains(&format!("subscriptions={count}\n")),
+            "herald {} did not read {count} subscriptions from the topic:\n{}",
+            self.role,
+            self.log_tail()
+        );
+        Ok(())
+    }
+
     /// Returns whether the process's log contains `text`.
     pub fn log_contains(&self, text: &str) -> bool {
         std::fs::read_to_string(&self.log).is_ok_and(|log| log.contains(text))

@@ -32,6 +32,14 @@ impl SampleRecord {
     }
 }
 
+/// Returns the event ids of `records`.
+pub fn ids(records: &[SampleRecord]) -> std::collections::BTreeSet<String> {
+    records
+        .iter()
+        .filter_map(|record| record.id_and_type().map(|(id, _)| id))
+        .collect()
+}
+
 /// Returns the repository's `samples/` folder.
 pub fn folder() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples")

@@ -56,6 +56,20 @@ impl Endpoint {
     pub fn verified(&self) -> u64 {
         self.receiver.counts().verified.load(Ordering::Relaxed)
     }
+
+    /// The webhook ids of the requests whose signature verified.
+    pub fn received(&self) -> BTreeSet<String> {
+        received(&self.receiver)
+    }
+}
+
+/// Returns the webhook ids of the requests to `receiver` whose signature verified.
+pub fn received(receiver: &Receiver) -> BTreeSet<String> {
+    receiver
+        .requests()
+        .into_iter()
+        .filter_map(|request| request.verification.ok())
+        .collect()
 }
 
 /// Names of the scenario's topics.
@@ -213,6 +227,16 @@ forwarder_group_id = "{prefix}-forwarder"
         HeraldProcess::start(role, &self.config_path, &self.folder, environment)
     }
 
+    /// Stops `process` with SIGTERM and starts the same command again from nothing.
+    pub fn restart(
+        &self,
+        mut process: HeraldProcess,
+        environment: &[(&str, &str)],
+    ) -> anyhow::Result<HeraldProcess> {
+        process.terminate(std::time::Duration::from_secs(30))?;
+        self.start_with(process.role(), environment)
+    }
+
     /// Runs a `herald` command with this scenario's configuration and extra `HERALD__…`
     /// variables; returns whether it succeeded and its standard output.
     pub fn command(
@@ -277,6 +301,41 @@ forwarder_group_id = "{prefix}-forwarder"
             }
         }
         (wanted, bodies)
+    }
+
+    /// Counts the lines of one process log in the scenario folder, such as `router.log`, that
+    /// contain `text`.
+    pub fn log_count(&self, log: &str, text: &str) -> usize {
+        std::fs::read_to_string(self.folder.join(log))
+            .map(|content| content.lines().filter(|line| line.contains(text)).count())
+            .unwrap_or(0)
+    }
+
+    /// Checks that no secret's encoded bytes appear in `records` of a topic or in any process
+    /// log of the scenario.
+    pub fn assert_secrets_absent(
+        &self,
+        records: &[rdkafka::message::OwnedMessage],
+        secrets: &[String],
+    ) -> anyhow::Result<()> {
+        use rdkafka::Message;
+
+        let mut logs = String::new();
+        for entry in std::fs::read_dir(&self.folder)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|extension| extension == "log") {
+                logs.push_str(&std::fs::read_to_string(&path)?);
+            }
+        }
+        for secret in secrets {
+            let encoded = secret.trim_start_matches("whsec_");
+            for record in records {
+                let value = String::from_utf8_lossy(record.payload().unwrap_or_default());
+                anyhow::ensure!(!value.contains(encoded), "a plain secret is on the topic");
+            }
+            anyhow::ensure!(!logs.contains(encoded), "a plain secret is in a log");
+        }
+        Ok(())
     }
 
     /// True once every endpoint has at least as many verified ids as `wanted` lists for it.

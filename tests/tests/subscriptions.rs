@@ -9,29 +9,13 @@ use std::time::Duration;
 use rdkafka::Message;
 
 use herald_tests::kafka::{publish, read_topic};
-use herald_tests::samples::{SampleRecord, synthetic_events as events};
+use herald_tests::samples::{ids, synthetic_events as events};
 use herald_tests::scenario::{Endpoint, Scenario, remove_folder, subscriptions_yaml};
 use herald_tests::wait;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// A test key; real keys come from the deployment's secrets.
 const KEYS: &str = "test-1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-
-fn ids(records: &[SampleRecord]) -> BTreeSet<String> {
-    records
-        .iter()
-        .filter_map(|record| record.id_and_type().map(|(id, _)| id))
-        .collect()
-}
-
-fn received(endpoint: &Endpoint) -> BTreeSet<String> {
-    endpoint
-        .receiver
-        .requests()
-        .into_iter()
-        .filter_map(|request| request.verification.ok())
-        .collect()
-}
 
 /// Writes a subscriptions file for `endpoints` with the event types given by name.
 fn write_file(
@@ -97,8 +81,8 @@ async fn topic_subscriptions_change_without_restart() -> anyhow::Result<()> {
         "{again}"
     );
 
-    let mut router = scenario.start_with("router", &environment)?;
-    let mut sender = scenario.start_with("sender", &environment)?;
+    let router = scenario.start_with("router", &environment)?;
+    let sender = scenario.start_with("sender", &environment)?;
     let payments_1 = events("p1", "payment.settled", 20);
     let kyc_1 = events("k1", "kyc.approved", 10);
     publish(&scenario.topics.domain, &payments_1).await?;
@@ -144,31 +128,21 @@ async fn topic_subscriptions_change_without_restart() -> anyhow::Result<()> {
     .await?;
 
     // 4. Restarted from nothing, both services rebuild the same table: one subscription.
-    router.terminate(Duration::from_secs(30))?;
-    sender.terminate(Duration::from_secs(30))?;
-    let mut router = scenario.start_with("router", &environment)?;
-    let mut sender = scenario.start_with("sender", &environment)?;
+    let mut router = scenario.restart(router, &environment)?;
+    let mut sender = scenario.restart(sender, &environment)?;
     let kyc_4 = events("k4", "kyc.approved", 5);
     publish(&scenario.topics.domain, &kyc_4).await?;
     wait::until("audit got the fourth batch", TIMEOUT, || {
         audit.verified() >= 40
     })
     .await?;
-    router.check_running()?;
-    sender.check_running()?;
-    for process in [&router, &sender] {
-        assert!(
-            process.log_contains("subscriptions read from the topic")
-                && process.log_contains("subscriptions=1\n"),
-            "{}",
-            process.log_tail()
-        );
-    }
+    router.check_table_read(1)?;
+    sender.check_table_read(1)?;
 
     let ledger_expected: BTreeSet<String> =
         ids(&payments_1).into_iter().chain(ids(&kyc_2)).collect();
     assert_eq!(
-        received(ledger),
+        ledger.received(),
         ledger_expected,
         "the ledger got exactly what it subscribed to at the time"
     );
@@ -176,7 +150,7 @@ async fn topic_subscriptions_change_without_restart() -> anyhow::Result<()> {
         .into_iter()
         .flat_map(|batch| ids(batch))
         .collect();
-    assert_eq!(received(audit), audit_expected);
+    assert_eq!(audit.received(), audit_expected);
 
     // The secrets' plain text is nowhere on the topic and in no log line.
     let records = read_topic(&scenario.topics.subscriptions, 4, Duration::from_secs(20))?;
@@ -187,22 +161,7 @@ async fn topic_subscriptions_change_without_restart() -> anyhow::Result<()> {
             .is_some_and(|record| record.payload().is_none()),
         "a tombstone"
     );
-    let mut logs = String::new();
-    for entry in std::fs::read_dir(&scenario.folder)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|extension| extension == "log") {
-            logs.push_str(&std::fs::read_to_string(&path)?);
-        }
-    }
-    for endpoint in [ledger, audit] {
-        let secret = endpoint.secret.expose();
-        let encoded = secret.trim_start_matches("whsec_");
-        for record in &records {
-            let value = String::from_utf8_lossy(record.payload().unwrap_or_default());
-            assert!(!value.contains(encoded), "a plain secret is on the topic");
-        }
-        assert!(!logs.contains(encoded), "a plain secret is in a log");
-    }
+    scenario.assert_secrets_absent(&records, &[ledger.secret.expose(), audit.secret.expose()])?;
     remove_folder(&scenario.folder);
     Ok(())
 }
@@ -271,13 +230,6 @@ async fn gone_endpoint_is_disabled_on_the_topic() -> anyhow::Result<()> {
     assert!(plan.contains("update  gone: enabled"), "{plan}");
     remove_folder(&scenario.folder);
     Ok(())
-}
-
-/// Counts the lines of a process log in the scenario folder that contain `text`.
-fn log_count(scenario: &Scenario, log: &str, text: &str) -> usize {
-    std::fs::read_to_string(scenario.folder.join(log))
-        .map(|content| content.lines().filter(|line| line.contains(text)).count())
-        .unwrap_or(0)
 }
 
 /// Counts the `v1,` signatures on each request the endpoint received, in arrival order.
@@ -351,7 +303,7 @@ async fn secret_rotation_signs_with_both_during_the_overlap() -> anyhow::Result<
     assert!(ok, "{output}");
     assert!(output.contains("secret: whsec_"), "{output}");
     wait::until("the sender took the new secret", TIMEOUT, || {
-        log_count(&scenario, "sender.log", "subscription updated") >= 1
+        scenario.log_count("sender.log", "subscription updated") >= 1
     })
     .await?;
     publish(&scenario.topics.domain, &events("r2", "payment.settled", 5)).await?;
@@ -380,7 +332,7 @@ async fn secret_rotation_signs_with_both_during_the_overlap() -> anyhow::Result<
     )?;
     assert!(ok);
     wait::until("the sender took the newest secret", TIMEOUT, || {
-        log_count(&scenario, "sender.log", "subscription updated") >= 2
+        scenario.log_count("sender.log", "subscription updated") >= 2
     })
     .await?;
     publish(&scenario.topics.domain, &events("r3", "payment.settled", 3)).await?;

@@ -18,9 +18,17 @@ use herald_core::time::rfc3339;
 
 use crate::snapshot::{self, SnapshotError};
 
+/// The values of `herald-dead-letter-reason`.
+pub const REASONS: [&str; 5] = [
+    "retries_exhausted",
+    "gone",
+    "subscription_not_found",
+    "subscription_disabled",
+    "malformed_delivery",
+];
+
 /// A dead letter as an operator sees it.
 #[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
 pub struct DeadLetter {
     pub partition: i32,
     pub offset: i64,

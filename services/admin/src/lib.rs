@@ -1,6 +1,7 @@
-//! Operator tools behind `herald dlq …` and `herald history`: list and inspect dead letters,
-//! redrive them into the deliveries topic, and show the attempts of one delivery.
+//! Operator tools: the admin HTTP API (`herald admin`), and the commands `herald subscriptions`,
+//! `herald dlq` and `herald history`.
 
+pub mod api;
 pub mod dlq;
 pub mod history;
 mod snapshot;

@@ -298,8 +298,9 @@ pub fn check_spec(
     })
 }
 
-/// Headers a subscription may not set: Herald's own, and those the HTTP client manages.
-const RESERVED_HEADERS: [&str; 10] = [
+/// Headers a subscription may not set: Herald's own, those the HTTP client manages, and
+/// credentials, which would sit unsealed on the subscriptions topic.
+const RESERVED_HEADERS: [&str; 13] = [
     "content-type",
     "content-length",
     "user-agent",
@@ -310,6 +311,9 @@ const RESERVED_HEADERS: [&str; 10] = [
     "upgrade",
     "traceparent",
     "tracestate",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
 ];
 const MAX_HEADERS: usize = 20;
 const MAX_HEADER_VALUE_BYTES: usize = 1_024;

@@ -31,6 +31,8 @@ enum Command {
     Router,
     /// Send deliveries to subscription endpoints as signed webhooks.
     Sender,
+    /// Serve the admin HTTP API: subscriptions and dead letters, with bearer tokens.
+    Admin,
     /// Manage Herald's Kafka topics.
     Topics {
         #[command(subcommand)]
@@ -83,7 +85,10 @@ fn main() -> ExitCode {
         }
     };
     herald_core::logging::init(&config.log);
-    let service = matches!(cli.command, Command::Router | Command::Sender);
+    let service = matches!(
+        cli.command,
+        Command::Router | Command::Sender | Command::Admin
+    );
     match runtime.block_on(run(cli.command, config)) {
         Ok(code) => code,
         // A service's end belongs in its log; a command's error goes to its user.
@@ -111,6 +116,7 @@ async fn run(command: Command, config: HeraldConfig) -> anyhow::Result<ExitCode>
             let subscriptions = load_subscriptions(&config).await?;
             herald_sender::run(&config, subscriptions, shutdown_signal()).await?;
         }
+        Command::Admin => serve_admin(config).await?,
         Command::Topics {
             command: TopicsCommand::Apply,
         } => return apply_topics(&config).await,
@@ -146,6 +152,41 @@ async fn load_subscriptions(config: &HeraldConfig) -> anyhow::Result<Subscriptio
         })?;
     tracing::info!(file = %path.display(), subscriptions = table.len(), "subscriptions loaded");
     Ok(Subscriptions::fixed(table))
+}
+
+/// Follows the subscriptions topic and serves the admin API until a shutdown signal.
+async fn serve_admin(config: HeraldConfig) -> anyhow::Result<()> {
+    let tokens = config
+        .admin
+        .roles()
+        .map_err(|problems| anyhow::anyhow!("invalid admin.tokens:\n{problems}"))?;
+    anyhow::ensure!(
+        !tokens.is_empty(),
+        "admin.tokens: give at least one token, such as HERALD__ADMIN__TOKENS=admin:$(openssl rand -hex 32)"
+    );
+    let keys = config
+        .encryption
+        .key_ring()
+        .context("encryption.keys: set the keys that seal secrets (HERALD__ENCRYPTION__KEYS)")?;
+    let subscriptions = registry::follow(&config).await.with_context(|| {
+        format!(
+            "reading subscriptions (topics.subscriptions = {})",
+            config.topics.subscriptions
+        )
+    })?;
+    let producer =
+        herald_core::kafka::producer(&config.kafka).context("cannot create the Kafka producer")?;
+    let listener = tokio::net::TcpListener::bind(&config.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on admin.listen = {}", config.admin.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr().map_or_else(|_| config.admin.listen.clone(), |a| a.to_string()),
+        tokens = tokens.len(),
+        "admin API listening"
+    );
+    let state = herald_admin::api::ApiState::new(config, keys, subscriptions, producer, tokens);
+    herald_admin::api::serve(std::sync::Arc::new(state), listener, shutdown_signal()).await?;
+    Ok(())
 }
 
 async fn apply_topics(config: &HeraldConfig) -> anyhow::Result<ExitCode> {

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use clap::{Args, Subcommand};
 
-use herald_admin::dlq::{self, DeadLetter, Filter};
+use herald_admin::dlq::{self, DeadLetter, Filter, REASONS};
 use herald_admin::history;
 use herald_core::config::HeraldConfig;
 
@@ -28,15 +28,6 @@ pub enum DlqCommand {
         dry_run: bool,
     },
 }
-
-/// The values of `herald-dead-letter-reason`.
-const REASONS: [&str; 5] = [
-    "retries_exhausted",
-    "gone",
-    "subscription_not_found",
-    "subscription_disabled",
-    "malformed_delivery",
-];
 
 #[derive(Args)]
 pub struct FilterArguments {

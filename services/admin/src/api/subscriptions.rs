@@ -1,0 +1,456 @@
+//! The `/v1/subscriptions` operations.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use herald_core::config::Problems;
+use herald_core::encryption::{generate_secret, random_hex};
+use herald_core::filter::ConditionSpec;
+use herald_core::headers;
+use herald_core::registry::{self, StoredSubscription};
+use herald_core::subscription::{SubscriptionSpec, check_spec};
+
+use super::input::{self, FieldError};
+use super::{ApiError, ApiState, json_response, query_pairs};
+use crate::subscriptions::{redacted_url, rotated};
+
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 500;
+const DEFAULT_OVERLAP: Duration = Duration::from_secs(24 * 60 * 60);
+const MAX_OVERLAP: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// The event type of the events that `POST /v1/subscriptions/{id}/test` sends.
+pub const TEST_EVENT_TYPE: &str = "herald.test";
+
+/// The body of `POST /v1/subscriptions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSubscription {
+    /// Generated (`sub_` and 16 random hex digits) when absent.
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    description: String,
+    url: String,
+    event_types: Vec<String>,
+    /// A `whsec_` secret to use; generated when absent.
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default = "enabled_by_default")]
+    enabled: bool,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    rate_limit_per_second: Option<u32>,
+    #[serde(default)]
+    rate_limit_burst: Option<u32>,
+    #[serde(default)]
+    max_concurrency: Option<u32>,
+    #[serde(default)]
+    filter: Vec<ConditionSpec>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// The body of `POST /v1/subscriptions/{id}/rotate-secret`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rotation {
+    /// How long the old secrets keep signing, such as `24h`; `0s` drops them at once.
+    #[serde(default)]
+    overlap: Option<String>,
+}
+
+/// Fields a merge patch may not touch, with what to do instead.
+const FIXED_FIELDS: [(&str, &str); 6] = [
+    (
+        "id",
+        "cannot be changed: create a new subscription and delete this one",
+    ),
+    (
+        "secret",
+        "cannot be set here: use POST /v1/subscriptions/{id}/rotate-secret",
+    ),
+    (
+        "secrets",
+        "cannot be set here: use POST /v1/subscriptions/{id}/rotate-secret",
+    ),
+    (
+        "retiring_secrets",
+        "cannot be set here: use POST /v1/subscriptions/{id}/rotate-secret",
+    ),
+    ("created_at", "is set by Herald"),
+    ("updated_at", "is set by Herald"),
+];
+
+/// Returns a subscription as the API shows it: no secrets, the URL's query string redacted.
+pub fn view(stored: &StoredSubscription) -> Value {
+    let spec = &stored.subscription;
+    let mut view = serde_json::to_value(spec).unwrap_or_else(|_| json!({}));
+    if let Some(object) = view.as_object_mut() {
+        object.remove("secrets");
+        object.remove("retiring_secrets");
+        object.insert("url".into(), redacted_url(&spec.url).into());
+        object.insert("enabled".into(), spec.enabled.into());
+        object.insert("secret_count".into(), spec.secrets.len().into());
+        let retiring: Vec<Value> = spec
+            .retiring_secrets
+            .iter()
+            .map(|retiring| json!({"until": retiring.until}))
+            .collect();
+        object.insert("retiring_secrets".into(), retiring.into());
+        object.insert("created_at".into(), stored.created_at.clone().into());
+        object.insert("updated_at".into(), stored.updated_at.clone().into());
+    }
+    view
+}
+
+pub fn list(state: &ApiState, query: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+    let mut limit = DEFAULT_PAGE;
+    let mut after: Option<String> = None;
+    let mut problems = Vec::new();
+    for (name, value) in query_pairs(query) {
+        match name.as_str() {
+            "limit" => match value.parse::<usize>() {
+                Ok(parsed) if (1..=MAX_PAGE).contains(&parsed) => limit = parsed,
+                _ => problems.push(FieldError {
+                    path: "limit".into(),
+                    message: format!("must be a whole number from 1 to {MAX_PAGE}"),
+                }),
+            },
+            "after" => after = Some(value),
+            _ => problems.push(FieldError {
+                path: name,
+                message: "is not a known query parameter; use limit and after".into(),
+            }),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid(problems));
+    }
+    let all = state.subscriptions.stored_all();
+    let mut page: Vec<Value> = all
+        .iter()
+        .filter(|(id, _)| {
+            after
+                .as_ref()
+                .is_none_or(|after| id.as_str() > after.as_str())
+        })
+        .take(limit + 1)
+        .map(|(_, stored)| view(stored))
+        .collect();
+    let next_after = if page.len() > limit {
+        page.truncate(limit);
+        page.last()
+            .and_then(|last| last["id"].as_str())
+            .map(str::to_owned)
+    } else {
+        None
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"data": page, "next_after": next_after}),
+    ))
+}
+
+pub fn get(state: &ApiState, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+    let stored = existing(state, id)?;
+    Ok(json_response(StatusCode::OK, &view(&stored)))
+}
+
+pub async fn create(state: &ApiState, body: &[u8]) -> Result<Response<Full<Bytes>>, ApiError> {
+    let new: NewSubscription = input::parse(body).map_err(ApiError::invalid)?;
+    let id = match new.id {
+        Some(id) => id,
+        None => format!(
+            "sub_{}",
+            random_hex(8).map_err(|e| ApiError::unavailable("generating an id failed", &e))?
+        ),
+    };
+    let generated = new.secret.is_none();
+    let secret = match new.secret {
+        Some(secret) => secret,
+        None => generate_secret()
+            .map_err(|error| ApiError::unavailable("generating a secret failed", &error))?,
+    };
+    let spec = SubscriptionSpec {
+        id: id.clone(),
+        description: new.description,
+        url: new.url,
+        event_types: new.event_types,
+        secrets: vec![secret.clone()],
+        enabled: new.enabled,
+        timeout_ms: new.timeout_ms,
+        rate_limit_per_second: new.rate_limit_per_second,
+        rate_limit_burst: new.rate_limit_burst,
+        max_concurrency: new.max_concurrency,
+        filter: new.filter,
+        retiring_secrets: Vec::new(),
+        headers: new.headers,
+    };
+    check(state, &spec, &[("secrets[0]", "secret")])?;
+
+    let _change = state.changes.lock().await;
+    if state.subscriptions.stored(&id).is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("subscription {id:?} already exists"),
+        ));
+    }
+    let now = herald_core::time::rfc3339(SystemTime::now());
+    let stored = write(state, &spec, &now, &now).await?;
+    tracing::info!(subscription_id = %id, "subscription created through the admin API");
+    let mut body = json!({ "subscription": view(&stored) });
+    if generated {
+        body["secret"] = secret.into();
+    }
+    Ok(json_response(StatusCode::CREATED, &body))
+}
+
+pub async fn update(
+    state: &ApiState,
+    id: &str,
+    body: &[u8],
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let patch: Value = input::parse(body).map_err(ApiError::invalid)?;
+    let Some(members) = patch.as_object() else {
+        return Err(ApiError::invalid(vec![FieldError {
+            path: String::new(),
+            message: "the body must be a JSON object of the fields to change".into(),
+        }]));
+    };
+    let fixed: Vec<FieldError> = FIXED_FIELDS
+        .iter()
+        .filter(|(name, _)| members.contains_key(*name))
+        .map(|(name, message)| FieldError {
+            path: (*name).to_owned(),
+            message: (*message).to_owned(),
+        })
+        .collect();
+    if !fixed.is_empty() {
+        return Err(ApiError::invalid(fixed));
+    }
+
+    let _change = state.changes.lock().await;
+    let stored = existing(state, id)?;
+    let opened = open(state, &stored)?;
+    let mut merged = serde_json::to_value(&opened).unwrap_or_else(|_| json!({}));
+    let mut patch = patch.clone();
+    // The API shows URLs with the query string redacted: sending that form back keeps the URL.
+    if patch["url"].as_str() == Some(redacted_url(&opened.url).as_str()) {
+        patch["url"] = opened.url.clone().into();
+    }
+    input::merge_patch(&mut merged, &patch);
+    let spec: SubscriptionSpec = input::from_value(merged).map_err(ApiError::invalid)?;
+    check(state, &spec, &[])?;
+    if spec == opened {
+        return Ok(json_response(StatusCode::OK, &view(&stored)));
+    }
+    let now = herald_core::time::rfc3339(SystemTime::now());
+    let written = write(state, &spec, &stored.created_at, &now).await?;
+    tracing::info!(subscription_id = %id, "subscription updated through the admin API");
+    Ok(json_response(StatusCode::OK, &view(&written)))
+}
+
+pub async fn delete(state: &ApiState, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+    let _change = state.changes.lock().await;
+    existing(state, id)?;
+    state
+        .subscriptions
+        .write(id, None)
+        .await
+        .map_err(|error| ApiError::unavailable("deleting the subscription failed", &error))?;
+    tracing::info!(subscription_id = %id, "subscription deleted through the admin API");
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    Ok(response)
+}
+
+pub async fn set_enabled(
+    state: &ApiState,
+    id: &str,
+    enabled: bool,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let _change = state.changes.lock().await;
+    let mut stored = existing(state, id)?;
+    if stored.subscription.enabled != enabled {
+        stored.subscription.enabled = enabled;
+        stored.updated_at = herald_core::time::rfc3339(SystemTime::now());
+        state
+            .subscriptions
+            .write(id, Some(&stored))
+            .await
+            .map_err(|error| ApiError::unavailable("writing the subscription failed", &error))?;
+        tracing::info!(subscription_id = %id, enabled, "subscription switched through the admin API");
+    }
+    Ok(json_response(StatusCode::OK, &view(&stored)))
+}
+
+pub async fn rotate(
+    state: &ApiState,
+    id: &str,
+    body: &[u8],
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let rotation: Rotation = input::parse(body).map_err(ApiError::invalid)?;
+    let overlap = match rotation.overlap {
+        None => DEFAULT_OVERLAP,
+        Some(text) => match humantime::parse_duration(&text) {
+            Ok(overlap) if overlap <= MAX_OVERLAP => overlap,
+            _ => {
+                return Err(ApiError::invalid(vec![FieldError {
+                    path: "overlap".into(),
+                    message: "must be a duration of at most 30 days, such as 24h or 0s".into(),
+                }]));
+            }
+        },
+    };
+    let secret = generate_secret()
+        .map_err(|error| ApiError::unavailable("generating a secret failed", &error))?;
+
+    let _change = state.changes.lock().await;
+    let stored = existing(state, id)?;
+    let opened = open(state, &stored)?;
+    let spec = rotated(&opened, secret.clone(), overlap, SystemTime::now());
+    let now = herald_core::time::rfc3339(SystemTime::now());
+    let written = write(state, &spec, &stored.created_at, &now).await?;
+    tracing::info!(
+        subscription_id = %id,
+        overlap = %humantime::format_duration(overlap),
+        "subscription secret rotated through the admin API"
+    );
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"subscription": view(&written), "secret": secret}),
+    ))
+}
+
+/// Sends one `herald.test` event to one subscription, whatever its event types, through the
+/// deliveries topic, so it is signed, limited, retried and logged like any other delivery.
+pub async fn send_test(state: &ApiState, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+    let stored = existing(state, id)?;
+    if !stored.subscription.enabled {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("subscription {id:?} is disabled: enable it first"),
+        ));
+    }
+    let suffix = random_hex(10)
+        .map_err(|error| ApiError::unavailable("generating an event id failed", &error))?;
+    let event_id = format!("evt_test_{suffix}");
+    let now = herald_core::time::rfc3339(SystemTime::now());
+    let body = json!({
+        "eventId": event_id,
+        "eventType": TEST_EVENT_TYPE,
+        "timestamp": now,
+        "data": {
+            "subscriptionId": id,
+            "message": "A test event from the Herald admin API.",
+        },
+    })
+    .to_string();
+    let header = |key, value| Header {
+        key,
+        value: Some(value),
+    };
+    let record_headers = OwnedHeaders::new()
+        .insert(header(headers::EVENT_ID, event_id.as_str()))
+        .insert(header(headers::EVENT_TYPE, TEST_EVENT_TYPE))
+        .insert(header(headers::SUBSCRIPTION_ID, id))
+        .insert(header(headers::SOURCE, "admin-api"));
+    let record: FutureRecord<'_, str, String> = FutureRecord::to(&state.config.topics.deliveries)
+        .key(id)
+        .payload(&body)
+        .headers(record_headers);
+    state
+        .producer
+        .send(
+            record,
+            Duration::from_millis(state.config.kafka.produce_timeout_ms),
+        )
+        .await
+        .map_err(|(error, _)| ApiError::unavailable("publishing the test event failed", &error))?;
+    tracing::info!(subscription_id = %id, %event_id, "test event sent through the admin API");
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({
+            "event_id": event_id,
+            "event_type": TEST_EVENT_TYPE,
+            "delivery_id": format!("{id}:{event_id}"),
+        }),
+    ))
+}
+
+fn existing(state: &ApiState, id: &str) -> Result<StoredSubscription, ApiError> {
+    state
+        .subscriptions
+        .stored(id)
+        .ok_or_else(|| ApiError::not_found(format!("no subscription {id:?}")))
+}
+
+fn open(state: &ApiState, stored: &StoredSubscription) -> Result<SubscriptionSpec, ApiError> {
+    registry::open(&stored.subscription, &state.keys)
+        .map_err(|error| ApiError::unavailable("opening the subscription's secrets failed", &error))
+}
+
+/// Checks a spec as the router and the sender will, renaming paths where the API's field differs.
+fn check(
+    state: &ApiState,
+    spec: &SubscriptionSpec,
+    renames: &[(&str, &str)],
+) -> Result<(), ApiError> {
+    let mut problems = Problems::default();
+    check_spec(
+        spec,
+        "",
+        state.config.sender.allow_plain_http,
+        &mut problems,
+    );
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let fields = input::from_problems(&problems)
+        .into_iter()
+        .map(|mut field| {
+            if let Some((_, renamed)) = renames.iter().find(|(from, _)| *from == field.path) {
+                field.path = (*renamed).to_owned();
+            }
+            field
+        })
+        .collect();
+    Err(ApiError::invalid(fields))
+}
+
+/// Seals and writes a spec, and returns the record as stored.
+async fn write(
+    state: &ApiState,
+    spec: &SubscriptionSpec,
+    created_at: &str,
+    updated_at: &str,
+) -> Result<StoredSubscription, ApiError> {
+    let sealed = registry::seal(spec, &state.keys)
+        .map_err(|error| ApiError::unavailable("sealing the secrets failed", &error))?;
+    let stored = StoredSubscription {
+        subscription: sealed,
+        created_at: created_at.to_owned(),
+        updated_at: updated_at.to_owned(),
+    };
+    state
+        .subscriptions
+        .write(&spec.id, Some(&stored))
+        .await
+        .map_err(|error| ApiError::unavailable("writing the subscription failed", &error))?;
+    Ok(stored)
+}
