@@ -183,6 +183,7 @@ allow_plain_http = true
 circuit_failure_threshold = {circuit_failure_threshold}
 
 [subscriptions]
+source = "file"
 file = "{subscriptions}"
 
 [retry]
@@ -238,7 +239,8 @@ forwarder_group_id = "{prefix}-forwarder"
     }
 
     /// Runs a `herald` command with this scenario's configuration and extra `HERALD__…`
-    /// variables; returns whether it succeeded and its standard output.
+    /// variables; returns whether it succeeded and its standard output, followed by its standard
+    /// error when it failed.
     pub fn command(
         &self,
         arguments: &[&str],
@@ -250,14 +252,12 @@ forwarder_group_id = "{prefix}-forwarder"
             .arg(&self.config_path)
             .envs(environment.iter().copied())
             .output()?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
         if !output.status.success() {
-            eprintln!(
-                "herald {arguments:?} failed:\n{stdout}{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            text.push_str(&String::from_utf8_lossy(&output.stderr));
+            eprintln!("herald {arguments:?} failed:\n{text}");
         }
-        Ok((output.status.success(), stdout))
+        Ok((output.status.success(), text))
     }
 
     pub fn endpoint(&self, name: &str) -> &Endpoint {

@@ -16,6 +16,10 @@ use herald_tests::wait;
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// A test key; real keys come from the deployment's secrets.
 const KEYS: &str = "test-1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const TOPIC_SOURCE: [(&str, &str); 2] = [
+    ("HERALD__SUBSCRIPTIONS__SOURCE", "topic"),
+    ("HERALD__ENCRYPTION__KEYS", KEYS),
+];
 
 /// Writes a subscriptions file for `endpoints` with the event types given by name.
 fn write_file(
@@ -52,10 +56,7 @@ async fn topic_subscriptions_change_without_restart() -> anyhow::Result<()> {
     .await?;
     let ledger = scenario.endpoint("ledger");
     let audit = scenario.endpoint("audit");
-    let environment = [
-        ("HERALD__SUBSCRIPTIONS__SOURCE", "topic"),
-        ("HERALD__ENCRYPTION__KEYS", KEYS),
-    ];
+    let environment = TOPIC_SOURCE;
     let apply = |file: &std::path::Path, dry_run: bool| {
         let file = file.display().to_string();
         let mut arguments = vec!["subscriptions", "apply", file.as_str()];
@@ -173,10 +174,7 @@ async fn gone_endpoint_is_disabled_on_the_topic() -> anyhow::Result<()> {
     let gone = scenario.endpoint("gone");
     let audit = scenario.endpoint("audit");
     gone.receiver.respond_with(http::StatusCode::GONE);
-    let environment = [
-        ("HERALD__SUBSCRIPTIONS__SOURCE", "topic"),
-        ("HERALD__ENCRYPTION__KEYS", KEYS),
-    ];
+    let environment = TOPIC_SOURCE;
     let file = write_file(&scenario, "both.yaml", &[(gone, "payment.*"), (audit, "*")])?;
     let file_text = file.display().to_string();
     let (ok, output) = scenario.command(&["subscriptions", "apply", &file_text], &environment)?;
@@ -252,10 +250,7 @@ fn signature_counts(endpoint: &Endpoint) -> Vec<usize> {
 async fn secret_rotation_signs_with_both_during_the_overlap() -> anyhow::Result<()> {
     let scenario = Scenario::new("rotate", &[("ledger", &["placeholder"])]).await?;
     let ledger = scenario.endpoint("ledger");
-    let environment = [
-        ("HERALD__SUBSCRIPTIONS__SOURCE", "topic"),
-        ("HERALD__ENCRYPTION__KEYS", KEYS),
-    ];
+    let environment = TOPIC_SOURCE;
     let url = format!("http://{}/webhooks/ledger", ledger.receiver.address());
     let secret = ledger.secret.expose();
     let create = [
@@ -316,7 +311,10 @@ async fn secret_rotation_signs_with_both_during_the_overlap() -> anyhow::Result<
     assert_eq!(signature_counts(ledger)[5..], [2, 2, 2, 2, 2]);
     let (_, listed) =
         scenario.command(&["subscriptions", "list", "--output", "json"], &environment)?;
-    assert!(listed.contains("\"retiring_secret_count\":1"), "{listed}");
+    assert!(
+        listed.contains("\"retiring_secrets\":[{\"until\""),
+        "{listed}"
+    );
     assert!(!listed.contains("whsec_"), "list shows a secret: {listed}");
 
     // Rotation without an overlap: only the newest secret signs, which this receiver lacks.
@@ -366,6 +364,98 @@ async fn secret_rotation_signs_with_both_during_the_overlap() -> anyhow::Result<
     assert!(ok, "{output}");
     assert!(output.contains("enabled ledger"), "{output}");
     router.check_running()?;
+    sender.check_running()?;
+    remove_folder(&scenario.folder);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_updates_shows_and_tests_a_subscription() -> anyhow::Result<()> {
+    let scenario = Scenario::new("cli-update", &[("ledger", &["placeholder"])]).await?;
+    let ledger = scenario.endpoint("ledger");
+    let environment = TOPIC_SOURCE;
+    let url = format!("http://{}/webhooks/ledger", ledger.receiver.address());
+    let secret = ledger.secret.expose();
+    let (ok, output) = scenario.command(
+        &[
+            "subscriptions",
+            "create",
+            "--id",
+            "ledger",
+            "--url",
+            &url,
+            "--event-type",
+            "payment.*",
+            "--secret",
+            &secret,
+        ],
+        &environment,
+    )?;
+    assert!(ok, "{output}");
+
+    let patch = r#"{"max_concurrency": 2, "headers": {"X-Tenant": "acme-bank"}}"#;
+    let update = [
+        "subscriptions",
+        "update",
+        "ledger",
+        "--event-type",
+        "kyc.*",
+        "--patch",
+        patch,
+    ];
+    let (ok, output) = scenario.command(&update, &environment)?;
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("updated ledger: event_types, headers, max_concurrency"),
+        "{output}"
+    );
+    let (ok, output) = scenario.command(&update, &environment)?;
+    assert!(ok, "{output}");
+    assert!(output.contains("ledger is unchanged"), "{output}");
+    let (ok, output) = scenario.command(
+        &[
+            "subscriptions",
+            "update",
+            "ledger",
+            "--patch",
+            r#"{"max_concurrency": 0}"#,
+        ],
+        &environment,
+    )?;
+    assert!(!ok, "a limit of zero must be refused");
+    assert!(
+        output.contains("max_concurrency: must be at least 1"),
+        "{output}"
+    );
+
+    let (ok, shown) = scenario.command(
+        &["subscriptions", "get", "ledger", "--output", "json"],
+        &environment,
+    )?;
+    assert!(ok, "{shown}");
+    let shown: serde_json::Value = serde_json::from_str(&shown)?;
+    assert_eq!(shown["event_types"], serde_json::json!(["kyc.*"]));
+    assert_eq!(shown["max_concurrency"], 2);
+    assert!(shown.get("secrets").is_none(), "{shown}");
+
+    // A test event reaches the endpoint whatever its event types, with its extra header.
+    let mut sender = scenario.start_with("sender", &environment)?;
+    let (ok, output) = scenario.command(&["subscriptions", "test", "ledger"], &environment)?;
+    assert!(ok, "{output}");
+    let event_id = output
+        .split_whitespace()
+        .find(|word| word.starts_with("evt_test_"))
+        .unwrap_or_default()
+        .to_owned();
+    wait::until("the test event arrived", TIMEOUT, || {
+        ledger.received().contains(&event_id)
+    })
+    .await?;
+    let requests = ledger.receiver.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].headers["x-tenant"], "acme-bank");
+    let body: serde_json::Value = serde_json::from_slice(&requests[0].body)?;
+    assert_eq!(body["eventType"], "herald.test");
     sender.check_running()?;
     remove_folder(&scenario.folder);
     Ok(())

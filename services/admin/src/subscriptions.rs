@@ -11,10 +11,16 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use herald_core::config::HeraldConfig;
+use herald_core::config::Problems;
 use herald_core::encryption::{EncryptionError, KeyRing};
+use herald_core::headers;
 use herald_core::kafka;
 use herald_core::registry::{self, StoredSubscription};
-use herald_core::subscription::{RetiringSecret, SubscriptionSpec};
+use herald_core::subscription::{RetiringSecret, SubscriptionSpec, check_spec};
+use rdkafka::message::{Header, OwnedHeaders};
+use serde_json::{Value, json};
+
+use crate::api::input::{self, FieldError};
 
 use crate::snapshot::{SnapshotError, read_topic};
 
@@ -24,18 +30,14 @@ pub enum SubscriptionsError {
     Keys(#[source] EncryptionError),
     #[error(transparent)]
     Read(#[from] SnapshotError),
-    #[error("subscription {id} on the topic cannot be opened")]
-    Open {
-        id: String,
-        #[source]
-        source: EncryptionError,
-    },
     #[error("cannot seal the secrets of {id}")]
     Seal {
         id: String,
         #[source]
         source: EncryptionError,
     },
+    #[error("cannot generate random bytes")]
+    Random(#[source] EncryptionError),
     #[error("cannot create the Kafka producer")]
     Producer(#[source] KafkaError),
     #[error("writing {id} to {topic} failed")]
@@ -81,11 +83,17 @@ impl Change {
     }
 }
 
-/// Reads the subscriptions on the topic, by id, the latest record of each.
-pub fn current(
-    config: &HeraldConfig,
-    keys: &KeyRing,
-) -> Result<BTreeMap<String, Current>, SubscriptionsError> {
+/// The subscriptions on the topic, the latest record of each.
+#[derive(Debug, Default)]
+pub struct OnTopic {
+    /// By id, with secrets opened.
+    pub subscriptions: BTreeMap<String, Current>,
+    /// Ids whose record cannot be read or opened with the configured keys; a warning names each.
+    pub unreadable: BTreeSet<String>,
+}
+
+/// Reads the subscriptions on the topic.
+pub fn current(config: &HeraldConfig, keys: &KeyRing) -> Result<OnTopic, SubscriptionsError> {
     let mut latest: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
     read_topic(&config.kafka, &config.topics.subscriptions, |message| {
         if let Some(id) = message.key().and_then(|key| std::str::from_utf8(key).ok()) {
@@ -93,6 +101,7 @@ pub fn current(
         }
     })?;
     let mut subscriptions = BTreeMap::new();
+    let mut unreadable = BTreeSet::new();
     for (id, value) in latest {
         let Some(value) = value else {
             continue;
@@ -101,15 +110,21 @@ pub fn current(
             Ok(stored) => stored,
             Err(reason) => {
                 eprintln!("herald: ignoring the record of {id} on the topic: {reason}");
+                unreadable.insert(id);
                 continue;
             }
         };
-        let spec = registry::open(&stored.subscription, keys).map_err(|source| {
-            SubscriptionsError::Open {
-                id: id.clone(),
-                source,
+        // One record under a key that is no longer configured must not hide all the others.
+        let spec = match registry::open(&stored.subscription, keys) {
+            Ok(spec) => spec,
+            Err(reason) => {
+                eprintln!(
+                    "herald: ignoring subscription {id} on the topic: {reason}; add its key to encryption.keys, or delete it"
+                );
+                unreadable.insert(id);
+                continue;
             }
-        })?;
+        };
         subscriptions.insert(
             id,
             Current {
@@ -119,7 +134,10 @@ pub fn current(
             },
         );
     }
-    Ok(subscriptions)
+    Ok(OnTopic {
+        subscriptions,
+        unreadable,
+    })
 }
 
 /// Lists the changes that make the topic hold exactly `wanted`.
@@ -151,7 +169,7 @@ pub fn plan(wanted: &[SubscriptionSpec], current: &BTreeMap<String, Current>) ->
 }
 
 /// Names the fields whose values differ, in the order of the JSON form.
-fn differing_fields(old: &SubscriptionSpec, new: &SubscriptionSpec) -> Vec<String> {
+pub fn differing_fields(old: &SubscriptionSpec, new: &SubscriptionSpec) -> Vec<String> {
     let as_map = |spec: &SubscriptionSpec| match serde_json::to_value(spec) {
         Ok(serde_json::Value::Object(map)) => map,
         _ => serde_json::Map::new(),
@@ -247,6 +265,160 @@ pub fn rotated(
         retiring_secrets,
         ..spec.clone()
     }
+}
+
+/// Fields a merge patch may not touch, with what to do instead.
+const FIXED_FIELDS: [(&str, &str); 6] = [
+    (
+        "id",
+        "cannot be changed: create a new subscription and delete this one",
+    ),
+    (
+        "secret",
+        "cannot be set here: use POST /v1/subscriptions/{id}/rotate-secret",
+    ),
+    (
+        "secrets",
+        "cannot be set here: use POST /v1/subscriptions/{id}/rotate-secret",
+    ),
+    (
+        "retiring_secrets",
+        "cannot be set here: use POST /v1/subscriptions/{id}/rotate-secret",
+    ),
+    ("created_at", "is set by Herald"),
+    ("updated_at", "is set by Herald"),
+];
+
+/// Returns `spec` changed by a JSON merge patch of its settings, checked as the router and the
+/// sender will check it. The id, the secrets and the times cannot be patched, and a URL sent back
+/// in its redacted form keeps the URL.
+pub fn patched(
+    spec: &SubscriptionSpec,
+    patch: &Value,
+    allow_plain_http: bool,
+) -> Result<SubscriptionSpec, Vec<FieldError>> {
+    let Some(members) = patch.as_object() else {
+        return Err(vec![FieldError {
+            path: String::new(),
+            message: "the patch must be a JSON object of the fields to change".into(),
+        }]);
+    };
+    let fixed: Vec<FieldError> = FIXED_FIELDS
+        .iter()
+        .filter(|(name, _)| members.contains_key(*name))
+        .map(|(name, message)| FieldError {
+            path: (*name).to_owned(),
+            message: (*message).to_owned(),
+        })
+        .collect();
+    if !fixed.is_empty() {
+        return Err(fixed);
+    }
+    let mut patch = patch.clone();
+    if patch["url"].as_str() == Some(redacted_url(&spec.url).as_str()) {
+        patch["url"] = spec.url.clone().into();
+    }
+    let mut merged = serde_json::to_value(spec).unwrap_or_else(|_| json!({}));
+    input::merge_patch(&mut merged, &patch);
+    let changed: SubscriptionSpec = input::from_value(merged)?;
+    check_fields(&changed, allow_plain_http, &[])?;
+    Ok(changed)
+}
+
+/// Checks a spec as the router and the sender will, renaming paths where the caller's field
+/// differs, such as `secrets[0]` for a single `secret`.
+pub fn check_fields(
+    spec: &SubscriptionSpec,
+    allow_plain_http: bool,
+    renames: &[(&str, &str)],
+) -> Result<(), Vec<FieldError>> {
+    let mut problems = Problems::default();
+    check_spec(spec, "", allow_plain_http, &mut problems);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(input::from_problems(&problems)
+        .into_iter()
+        .map(|mut field| {
+            if let Some((_, renamed)) = renames.iter().find(|(from, _)| *from == field.path) {
+                field.path = (*renamed).to_owned();
+            }
+            field
+        })
+        .collect())
+}
+
+/// Returns a subscription as the API and `list --output json` show it: no secrets, the URL's query string redacted.
+pub fn view(stored: &StoredSubscription) -> Value {
+    let spec = &stored.subscription;
+    let mut view = serde_json::to_value(spec).unwrap_or_else(|_| json!({}));
+    if let Some(object) = view.as_object_mut() {
+        object.remove("secrets");
+        object.remove("retiring_secrets");
+        object.insert("url".into(), redacted_url(&spec.url).into());
+        object.insert("enabled".into(), spec.enabled.into());
+        object.insert("secret_count".into(), spec.secrets.len().into());
+        let retiring: Vec<Value> = spec
+            .retiring_secrets
+            .iter()
+            .map(|retiring| json!({"until": retiring.until}))
+            .collect();
+        object.insert("retiring_secrets".into(), retiring.into());
+        object.insert("created_at".into(), stored.created_at.clone().into());
+        object.insert("updated_at".into(), stored.updated_at.clone().into());
+    }
+    view
+}
+
+/// The event type of test events.
+pub const TEST_EVENT_TYPE: &str = "herald.test";
+
+/// Sends one `herald.test` event to one subscription, whatever its event types, through the
+/// deliveries topic, so it is signed, limited, retried and logged like any other delivery.
+/// Returns the event id.
+pub async fn send_test_event(
+    config: &HeraldConfig,
+    producer: &FutureProducer,
+    id: &str,
+) -> Result<String, SubscriptionsError> {
+    let suffix = herald_core::encryption::random_hex(10).map_err(SubscriptionsError::Random)?;
+    let event_id = format!("evt_test_{suffix}");
+    let now = herald_core::time::rfc3339(SystemTime::now());
+    let body = json!({
+        "eventId": event_id,
+        "eventType": TEST_EVENT_TYPE,
+        "timestamp": now,
+        "data": {
+            "subscriptionId": id,
+            "message": "A test event from Herald.",
+        },
+    })
+    .to_string();
+    let header = |key, value| Header {
+        key,
+        value: Some(value),
+    };
+    let record_headers = OwnedHeaders::new()
+        .insert(header(headers::EVENT_ID, event_id.as_str()))
+        .insert(header(headers::EVENT_TYPE, TEST_EVENT_TYPE))
+        .insert(header(headers::SUBSCRIPTION_ID, id))
+        .insert(header(headers::SOURCE, "herald-admin"));
+    let record: FutureRecord<'_, str, String> = FutureRecord::to(&config.topics.deliveries)
+        .key(id)
+        .payload(&body)
+        .headers(record_headers);
+    producer
+        .send(
+            record,
+            Duration::from_millis(config.kafka.produce_timeout_ms),
+        )
+        .await
+        .map_err(|(source, _)| SubscriptionsError::Write {
+            id: id.to_owned(),
+            topic: config.topics.deliveries.clone(),
+            source: Box::new(source),
+        })?;
+    Ok(event_id)
 }
 
 /// Returns `url` without its query string, which may carry a token.

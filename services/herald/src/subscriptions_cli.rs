@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 
-use herald_admin::subscriptions::{self, Change, Current, redacted_url};
+use herald_admin::subscriptions::{self, Change, Current, redacted_url, view};
 use herald_core::config::HeraldConfig;
 use herald_core::encryption::{KeyRing, generate_secret};
+use herald_core::registry::StoredSubscription;
 use herald_core::subscription::{SubscriptionSpec, SubscriptionTable};
 
 #[derive(Subcommand)]
@@ -42,6 +43,29 @@ pub enum SubscriptionsCommand {
         #[arg(long, env = "HERALD_SUBSCRIPTION_SECRET", hide_env_values = true)]
         secret: Option<String>,
     },
+    /// Show one subscription, without its secrets.
+    Get {
+        id: String,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Change a subscription's settings; the next attempt, retries included, uses them.
+    Update {
+        id: String,
+        #[arg(long)]
+        url: Option<String>,
+        /// Replaces the event types; repeat for more.
+        #[arg(long = "event-type")]
+        event_types: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Any other settings as a JSON merge patch, as the admin API takes it, such as
+        /// '{"max_concurrency": 5, "filter": null}'.
+        #[arg(long)]
+        patch: Option<String>,
+    },
+    /// Send one herald.test event to a subscription, whatever its event types.
+    Test { id: String },
     /// Let a subscription receive deliveries again.
     Enable { id: String },
     /// Stop a subscription's deliveries; it stays on the topic.
@@ -69,7 +93,8 @@ pub async fn run(config: &HeraldConfig, command: SubscriptionsCommand) -> anyhow
         .encryption
         .key_ring()
         .context("encryption.keys: set the keys that seal secrets (HERALD__ENCRYPTION__KEYS)")?;
-    let current = subscriptions::current(config, &keys)?;
+    let on_topic = subscriptions::current(config, &keys)?;
+    let current = on_topic.subscriptions;
     let existing = |id: &str| -> anyhow::Result<&Current> {
         current.get(id).ok_or_else(|| {
             anyhow::anyhow!("no subscription {id:?} on {}", config.topics.subscriptions)
@@ -108,28 +133,7 @@ pub async fn run(config: &HeraldConfig, command: SubscriptionsCommand) -> anyhow
                         spec.event_types.join(","),
                         redacted_url(&spec.url)
                     ),
-                    Output::Json => {
-                        let mut line = serde_json::to_value(spec)?;
-                        if let Some(object) = line.as_object_mut() {
-                            object.remove("secrets");
-                            object.remove("retiring_secrets");
-                            object.insert("url".into(), redacted_url(&spec.url).into());
-                            object.insert("secret_count".into(), spec.secrets.len().into());
-                            object.insert(
-                                "retiring_secret_count".into(),
-                                spec.retiring_secrets.len().into(),
-                            );
-                            object.insert(
-                                "created_at".into(),
-                                subscription.created_at.clone().into(),
-                            );
-                            object.insert(
-                                "updated_at".into(),
-                                subscription.updated_at.clone().into(),
-                            );
-                        }
-                        println!("{line}");
-                    }
+                    Output::Json => println!("{}", view(&stored_form(subscription))),
                 }
             }
         }
@@ -160,6 +164,73 @@ pub async fn run(config: &HeraldConfig, command: SubscriptionsCommand) -> anyhow
                 println!("secret: {secret}   (shown once: give it to the receiver now)");
             }
         }
+        SubscriptionsCommand::Get { id, output } => {
+            let subscription = existing(&id)?;
+            let described = view(&stored_form(subscription));
+            match output {
+                Output::Json => println!("{described}"),
+                Output::Text => println!("{}", serde_json::to_string_pretty(&described)?),
+            }
+        }
+        SubscriptionsCommand::Update {
+            id,
+            url,
+            event_types,
+            description,
+            patch,
+        } => {
+            let subscription = existing(&id)?;
+            let mut merged = match patch {
+                Some(text) => serde_json::from_str(&text).context("--patch is not valid JSON")?,
+                None => serde_json::json!({}),
+            };
+            anyhow::ensure!(
+                merged.is_object(),
+                "--patch must be a JSON object, such as '{{\"max_concurrency\": 5}}'"
+            );
+            if let Some(url) = url {
+                merged["url"] = url.into();
+            }
+            if !event_types.is_empty() {
+                merged["event_types"] = event_types.into();
+            }
+            if let Some(description) = description {
+                merged["description"] = description.into();
+            }
+            let spec =
+                subscriptions::patched(&subscription.spec, &merged, config.sender.allow_plain_http)
+                    .map_err(|fields| {
+                        let lines: Vec<String> = fields
+                            .iter()
+                            .map(|field| format!("  {}: {}", field.path, field.message))
+                            .collect();
+                        anyhow::anyhow!("invalid change:\n{}", lines.join("\n"))
+                    })?;
+            let fields = subscriptions::differing_fields(&subscription.spec, &spec);
+            if fields.is_empty() {
+                println!("{id} is unchanged");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let change = Change::Update {
+                spec,
+                created_at: subscription.created_at.clone(),
+                fields: fields.clone(),
+            };
+            subscriptions::write(config, &keys, &[change]).await?;
+            println!("updated {id}: {}", fields.join(", "));
+        }
+        SubscriptionsCommand::Test { id } => {
+            let subscription = existing(&id)?;
+            anyhow::ensure!(
+                subscription.spec.enabled,
+                "subscription {id:?} is disabled: enable it first"
+            );
+            let producer = herald_core::kafka::producer(&config.kafka)
+                .context("cannot create the Kafka producer")?;
+            let event_id = subscriptions::send_test_event(config, &producer, &id).await?;
+            println!("sent {} {event_id}", subscriptions::TEST_EVENT_TYPE);
+            println!("follow it with: herald history {id}:{event_id}");
+        }
         SubscriptionsCommand::Enable { id } => {
             set_enabled(config, &keys, existing(&id)?, true).await?;
         }
@@ -167,7 +238,10 @@ pub async fn run(config: &HeraldConfig, command: SubscriptionsCommand) -> anyhow
             set_enabled(config, &keys, existing(&id)?, false).await?;
         }
         SubscriptionsCommand::Delete { id } => {
-            existing(&id)?;
+            // A record that cannot be opened can still be deleted.
+            if !on_topic.unreadable.contains(&id) {
+                existing(&id)?;
+            }
             subscriptions::write(config, &keys, &[Change::Delete(id.clone())]).await?;
             println!("deleted {id}");
         }
@@ -198,6 +272,15 @@ pub async fn run(config: &HeraldConfig, command: SubscriptionsCommand) -> anyhow
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Returns a subscription in the form stored on the topic, for [`view`].
+fn stored_form(subscription: &Current) -> StoredSubscription {
+    StoredSubscription {
+        subscription: subscription.spec.clone(),
+        created_at: subscription.created_at.clone(),
+        updated_at: subscription.updated_at.clone(),
+    }
 }
 
 async fn set_enabled(

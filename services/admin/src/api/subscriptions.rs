@@ -6,28 +6,24 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use herald_core::config::Problems;
 use herald_core::encryption::{generate_secret, random_hex};
 use herald_core::filter::ConditionSpec;
-use herald_core::headers;
 use herald_core::registry::{self, StoredSubscription};
-use herald_core::subscription::{SubscriptionSpec, check_spec};
+use herald_core::subscription::SubscriptionSpec;
 
 use super::input::{self, FieldError};
 use super::{ApiError, ApiState, json_response, query_pairs};
-use crate::subscriptions::{redacted_url, rotated};
+use crate::subscriptions::{
+    TEST_EVENT_TYPE, check_fields, patched, rotated, send_test_event, view,
+};
 
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 500;
 const DEFAULT_OVERLAP: Duration = Duration::from_secs(24 * 60 * 60);
 const MAX_OVERLAP: Duration = Duration::from_secs(30 * 24 * 60 * 60);
-/// The event type of the events that `POST /v1/subscriptions/{id}/test` sends.
-pub const TEST_EVENT_TYPE: &str = "herald.test";
 
 /// The body of `POST /v1/subscriptions`.
 #[derive(Debug, Deserialize)]
@@ -70,50 +66,6 @@ struct Rotation {
     /// How long the old secrets keep signing, such as `24h`; `0s` drops them at once.
     #[serde(default)]
     overlap: Option<String>,
-}
-
-/// Fields a merge patch may not touch, with what to do instead.
-const FIXED_FIELDS: [(&str, &str); 6] = [
-    (
-        "id",
-        "cannot be changed: create a new subscription and delete this one",
-    ),
-    (
-        "secret",
-        "cannot be set here: use POST /v1/subscriptions/{id}/rotate-secret",
-    ),
-    (
-        "secrets",
-        "cannot be set here: use POST /v1/subscriptions/{id}/rotate-secret",
-    ),
-    (
-        "retiring_secrets",
-        "cannot be set here: use POST /v1/subscriptions/{id}/rotate-secret",
-    ),
-    ("created_at", "is set by Herald"),
-    ("updated_at", "is set by Herald"),
-];
-
-/// Returns a subscription as the API shows it: no secrets, the URL's query string redacted.
-pub fn view(stored: &StoredSubscription) -> Value {
-    let spec = &stored.subscription;
-    let mut view = serde_json::to_value(spec).unwrap_or_else(|_| json!({}));
-    if let Some(object) = view.as_object_mut() {
-        object.remove("secrets");
-        object.remove("retiring_secrets");
-        object.insert("url".into(), redacted_url(&spec.url).into());
-        object.insert("enabled".into(), spec.enabled.into());
-        object.insert("secret_count".into(), spec.secrets.len().into());
-        let retiring: Vec<Value> = spec
-            .retiring_secrets
-            .iter()
-            .map(|retiring| json!({"until": retiring.until}))
-            .collect();
-        object.insert("retiring_secrets".into(), retiring.into());
-        object.insert("created_at".into(), stored.created_at.clone().into());
-        object.insert("updated_at".into(), stored.updated_at.clone().into());
-    }
-    view
 }
 
 pub fn list(state: &ApiState, query: &str) -> Result<Response<Full<Bytes>>, ApiError> {
@@ -199,7 +151,12 @@ pub async fn create(state: &ApiState, body: &[u8]) -> Result<Response<Full<Bytes
         retiring_secrets: Vec::new(),
         headers: new.headers,
     };
-    check(state, &spec, &[("secrets[0]", "secret")])?;
+    check_fields(
+        &spec,
+        state.config.sender.allow_plain_http,
+        &[("secrets[0]", "secret")],
+    )
+    .map_err(ApiError::invalid)?;
 
     let _change = state.changes.lock().await;
     if state.subscriptions.stored(&id).is_some() {
@@ -225,36 +182,11 @@ pub async fn update(
     body: &[u8],
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let patch: Value = input::parse(body).map_err(ApiError::invalid)?;
-    let Some(members) = patch.as_object() else {
-        return Err(ApiError::invalid(vec![FieldError {
-            path: String::new(),
-            message: "the body must be a JSON object of the fields to change".into(),
-        }]));
-    };
-    let fixed: Vec<FieldError> = FIXED_FIELDS
-        .iter()
-        .filter(|(name, _)| members.contains_key(*name))
-        .map(|(name, message)| FieldError {
-            path: (*name).to_owned(),
-            message: (*message).to_owned(),
-        })
-        .collect();
-    if !fixed.is_empty() {
-        return Err(ApiError::invalid(fixed));
-    }
-
     let _change = state.changes.lock().await;
     let stored = existing(state, id)?;
     let opened = open(state, &stored)?;
-    let mut merged = serde_json::to_value(&opened).unwrap_or_else(|_| json!({}));
-    let mut patch = patch.clone();
-    // The API shows URLs with the query string redacted: sending that form back keeps the URL.
-    if patch["url"].as_str() == Some(redacted_url(&opened.url).as_str()) {
-        patch["url"] = opened.url.clone().into();
-    }
-    input::merge_patch(&mut merged, &patch);
-    let spec: SubscriptionSpec = input::from_value(merged).map_err(ApiError::invalid)?;
-    check(state, &spec, &[])?;
+    let spec = patched(&opened, &patch, state.config.sender.allow_plain_http)
+        .map_err(ApiError::invalid)?;
     if spec == opened {
         return Ok(json_response(StatusCode::OK, &view(&stored)));
     }
@@ -336,8 +268,6 @@ pub async fn rotate(
     ))
 }
 
-/// Sends one `herald.test` event to one subscription, whatever its event types, through the
-/// deliveries topic, so it is signed, limited, retried and logged like any other delivery.
 pub async fn send_test(state: &ApiState, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
     let stored = existing(state, id)?;
     if !stored.subscription.enabled {
@@ -347,41 +277,9 @@ pub async fn send_test(state: &ApiState, id: &str) -> Result<Response<Full<Bytes
             format!("subscription {id:?} is disabled: enable it first"),
         ));
     }
-    let suffix = random_hex(10)
-        .map_err(|error| ApiError::unavailable("generating an event id failed", &error))?;
-    let event_id = format!("evt_test_{suffix}");
-    let now = herald_core::time::rfc3339(SystemTime::now());
-    let body = json!({
-        "eventId": event_id,
-        "eventType": TEST_EVENT_TYPE,
-        "timestamp": now,
-        "data": {
-            "subscriptionId": id,
-            "message": "A test event from the Herald admin API.",
-        },
-    })
-    .to_string();
-    let header = |key, value| Header {
-        key,
-        value: Some(value),
-    };
-    let record_headers = OwnedHeaders::new()
-        .insert(header(headers::EVENT_ID, event_id.as_str()))
-        .insert(header(headers::EVENT_TYPE, TEST_EVENT_TYPE))
-        .insert(header(headers::SUBSCRIPTION_ID, id))
-        .insert(header(headers::SOURCE, "admin-api"));
-    let record: FutureRecord<'_, str, String> = FutureRecord::to(&state.config.topics.deliveries)
-        .key(id)
-        .payload(&body)
-        .headers(record_headers);
-    state
-        .producer
-        .send(
-            record,
-            Duration::from_millis(state.config.kafka.produce_timeout_ms),
-        )
+    let event_id = send_test_event(&state.config, &state.producer, id)
         .await
-        .map_err(|(error, _)| ApiError::unavailable("publishing the test event failed", &error))?;
+        .map_err(|error| ApiError::unavailable("publishing the test event failed", &error))?;
     tracing::info!(subscription_id = %id, %event_id, "test event sent through the admin API");
     Ok(json_response(
         StatusCode::ACCEPTED,
@@ -403,34 +301,6 @@ fn existing(state: &ApiState, id: &str) -> Result<StoredSubscription, ApiError> 
 fn open(state: &ApiState, stored: &StoredSubscription) -> Result<SubscriptionSpec, ApiError> {
     registry::open(&stored.subscription, &state.keys)
         .map_err(|error| ApiError::unavailable("opening the subscription's secrets failed", &error))
-}
-
-/// Checks a spec as the router and the sender will, renaming paths where the API's field differs.
-fn check(
-    state: &ApiState,
-    spec: &SubscriptionSpec,
-    renames: &[(&str, &str)],
-) -> Result<(), ApiError> {
-    let mut problems = Problems::default();
-    check_spec(
-        spec,
-        "",
-        state.config.sender.allow_plain_http,
-        &mut problems,
-    );
-    if problems.is_empty() {
-        return Ok(());
-    }
-    let fields = input::from_problems(&problems)
-        .into_iter()
-        .map(|mut field| {
-            if let Some((_, renamed)) = renames.iter().find(|(from, _)| *from == field.path) {
-                field.path = (*renamed).to_owned();
-            }
-            field
-        })
-        .collect();
-    Err(ApiError::invalid(fields))
 }
 
 /// Seals and writes a spec, and returns the record as stored.
