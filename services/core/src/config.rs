@@ -304,7 +304,7 @@ pub struct SubscriptionsConfig {
 impl Default for SubscriptionsConfig {
     fn default() -> Self {
         Self {
-            source: SubscriptionSource::File,
+            source: SubscriptionSource::Topic,
             file: PathBuf::from(DEFAULT_SUBSCRIPTIONS_FILE),
         }
     }
@@ -314,9 +314,9 @@ impl Default for SubscriptionsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SubscriptionSource {
-    /// `subscriptions.file`, read once at start-up.
+    /// `subscriptions.file`, read once at start-up: for small set-ups without the admin API.
     File,
-    /// `topics.subscriptions`, read at start-up and followed while running.
+    /// `topics.subscriptions`, read at start-up and followed while running (the default).
     Topic,
 }
 
@@ -711,12 +711,6 @@ impl HeraldConfig {
             && let Err(error) = self.encryption.key_ring()
         {
             problems.add("encryption.keys", error.to_string());
-        }
-        if self.subscriptions.source == SubscriptionSource::Topic && self.encryption.is_empty() {
-            problems.add(
-                "encryption.keys",
-                "required when subscriptions.source = \"topic\": secrets on the topic are sealed with them",
-            );
         }
         if let Err(token_problems) = self.admin.roles() {
             for problem in token_problems.iter() {

@@ -252,6 +252,10 @@ impl TopicWriter {
 /// The error that keeps the subscriptions topic from being read at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    #[error(
+        "encryption.keys is empty: secrets on the subscriptions topic are sealed with them. Set HERALD__ENCRYPTION__KEYS=<id>:<base64 of 32 bytes>, or set subscriptions.source = \"file\" to read a YAML file instead"
+    )]
+    NoKeys,
     #[error("invalid encryption.keys")]
     Keys(#[source] EncryptionError),
     #[error("cannot read the subscriptions topic {topic}")]
@@ -344,6 +348,9 @@ pub async fn follow(config: &HeraldConfig) -> Result<Subscriptions, RegistryErro
         topic: topic.clone(),
         source,
     };
+    if config.encryption.is_empty() {
+        return Err(RegistryError::NoKeys);
+    }
     let keys = config.encryption.key_ring().map_err(RegistryError::Keys)?;
     let mut client = kafka::admin_config(&config.kafka);
     client

@@ -1,6 +1,7 @@
 //! `herald-demo`: Herald end to end on the sample events against a local Kafka. It starts the
-//! router, the sender and one reference receiver per example subscription, publishes the banking
-//! events as a core banking system would, and waits for every expected delivery. One receiver
+//! admin API, one reference receiver per example subscription, and creates the subscriptions
+//! through the API. Then it starts the router and the sender, publishes the banking events as a
+//! core banking system would, and waits for every expected delivery. One receiver
 //! fails the first two attempts of each webhook and recovers through the retry tiers. Another
 //! always fails, so its deliveries end in the dead-letter topic. Then it publishes the hostile
 //! records and shows what was rejected and why. Exits non-zero if anything is missing.
@@ -12,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use herald_tests::api::AdminApi;
 use herald_tests::kafka::{header, publish, read_topic};
 use herald_tests::samples::{bad_events, banking_events};
 use herald_tests::scenario::Scenario;
@@ -19,6 +21,14 @@ use herald_tests::wait;
 use http::StatusCode;
 
 const TIMEOUT: Duration = Duration::from_secs(300);
+/// A demo key for sealing secrets on the subscriptions topic; a deployment takes its keys from its
+/// secrets store.
+const DEMO_KEYS: &str = "demo-1:ZGVtby1vbmx5LWtleS1kby1ub3QtdXNlLWluLXByb2Q=";
+/// Subscriptions come from the topic, where the admin API writes them.
+const ENVIRONMENT: [(&str, &str); 2] = [
+    ("HERALD__SUBSCRIPTIONS__SOURCE", "topic"),
+    ("HERALD__ENCRYPTION__KEYS", DEMO_KEYS),
+];
 
 const SUBSCRIPTIONS: &[(&str, &[&str])] = &[
     ("compliance", &["kyc.*", "aml.*"]),
@@ -62,8 +72,45 @@ async fn main() -> anyhow::Result<()> {
             endpoint.event_types.join(", ")
         );
     }
-    let mut router = scenario.start("router")?;
-    let mut sender = scenario.start("sender")?;
+
+    let mut api = AdminApi::start(&scenario, &ENVIRONMENT)
+        .await
+        .context("starting the admin API")?;
+    println!(
+        "\nCreating the subscriptions through the admin API at {} ...",
+        api.base
+    );
+    for endpoint in &scenario.endpoints {
+        let body = serde_json::json!({
+            "id": endpoint.name,
+            "url": format!("http://{}/webhooks/{}", endpoint.receiver.address(), endpoint.name),
+            "event_types": endpoint.event_types,
+            "secret": endpoint.secret.expose(),
+        });
+        if endpoint.name == "ledger" {
+            let mut printed = body.clone();
+            printed["secret"] = "whsec_…".into();
+            println!(
+                "  curl -X POST {}/v1/subscriptions -H \"Authorization: Bearer $TOKEN\" -d '{printed}'",
+                api.base
+            );
+        }
+        let response = api.admin("POST", "/v1/subscriptions", Some(body)).await?;
+        anyhow::ensure!(
+            response.status == 201,
+            "creating {} failed: {} {}",
+            endpoint.name,
+            response.status,
+            response.body
+        );
+    }
+    let listed = api.admin("GET", "/v1/subscriptions", None).await?;
+    println!(
+        "  GET /v1/subscriptions lists {} subscriptions",
+        listed.body["data"].as_array().map_or(0, Vec::len)
+    );
+    let mut router = scenario.start_with("router", &ENVIRONMENT)?;
+    let mut sender = scenario.start_with("sender", &ENVIRONMENT)?;
 
     let banking = banking_events()?;
     println!(
@@ -108,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
 
     let clean_stop =
         router.terminate(Duration::from_secs(30))? & sender.terminate(Duration::from_secs(30))?;
+    api.process.check_running()?;
 
     println!("\n== Summary ==");
     println!(
@@ -165,9 +213,19 @@ async fn main() -> anyhow::Result<()> {
             .and_then(|m| header(m, "herald-dead-letter-reason"))
             .unwrap_or_default()
     );
+    let listed_dead = api
+        .admin(
+            "GET",
+            &format!("/v1/dead-letters?subscription_id={DEAD}&limit=1000"),
+            None,
+        )
+        .await?;
     println!(
-        "In a running deployment, an operator redrives them once the endpoint is healthy with"
+        "GET /v1/dead-letters?subscription_id={DEAD} lists {} of them.",
+        listed_dead.body["data"].as_array().map_or(0, Vec::len)
     );
+    println!("Once the endpoint is healthy, an operator redrives them with");
+    println!("POST /v1/dead-letters/redrive {{\"subscription_id\": \"{DEAD}\"}}, or");
     println!("`herald dlq redrive --subscription {DEAD}` (see docs/retries.md).");
 
     let flaky_event = banking
@@ -232,6 +290,10 @@ async fn main() -> anyhow::Result<()> {
         "some hostile records were not rejected"
     );
     anyhow::ensure!(clean_stop, "router or sender did not stop cleanly");
+    anyhow::ensure!(
+        api.process.terminate(Duration::from_secs(30))?,
+        "the admin API did not stop cleanly"
+    );
     println!("Demo passed: every expected delivery arrived with a valid signature.");
     Ok(())
 }
