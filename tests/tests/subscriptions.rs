@@ -16,6 +16,8 @@ use herald_tests::wait;
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// A test key; real keys come from the deployment's secrets.
 const KEYS: &str = "test-1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+/// A second test key, for key rotation.
+const NEW_KEY: &str = "test-2:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
 const TOPIC_SOURCE: [(&str, &str); 2] = [
     ("HERALD__SUBSCRIPTIONS__SOURCE", "topic"),
     ("HERALD__ENCRYPTION__KEYS", KEYS),
@@ -457,6 +459,24 @@ async fn cli_updates_shows_and_tests_a_subscription() -> anyhow::Result<()> {
     let body: serde_json::Value = serde_json::from_slice(&requests[0].body)?;
     assert_eq!(body["eventType"], "herald.test");
     sender.check_running()?;
+
+    // A new key goes first: reseal moves every secret to it, and then the old key can go.
+    let both_keys = format!("{NEW_KEY},{KEYS}");
+    let rotated_keys = [("HERALD__ENCRYPTION__KEYS", both_keys.as_str())];
+    let (ok, plan) = scenario.command(&["subscriptions", "reseal", "--dry-run"], &rotated_keys)?;
+    assert!(ok, "{plan}");
+    assert!(plan.contains("reseal  ledger"), "{plan}");
+    let (ok, output) = scenario.command(&["subscriptions", "reseal"], &rotated_keys)?;
+    assert!(ok, "{output}");
+    let (ok, plan) = scenario.command(&["subscriptions", "reseal", "--dry-run"], &rotated_keys)?;
+    assert!(ok, "{plan}");
+    assert!(plan.contains("0 to reseal"), "{plan}");
+    let (ok, shown) = scenario.command(
+        &["subscriptions", "get", "ledger", "--output", "json"],
+        &[("HERALD__ENCRYPTION__KEYS", NEW_KEY)],
+    )?;
+    assert!(ok, "only the new key opens the resealed secrets: {shown}");
+    assert!(shown.contains("\"updated_at\""), "{shown}");
     remove_folder(&scenario.folder);
     Ok(())
 }

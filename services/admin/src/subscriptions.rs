@@ -50,11 +50,13 @@ pub enum SubscriptionsError {
 }
 
 /// A subscription on the topic, with its secrets opened.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Current {
     pub spec: SubscriptionSpec,
     pub created_at: String,
     pub updated_at: String,
+    /// Some secret is sealed with a key other than the first of `encryption.keys`.
+    pub sealed_with_old_key: bool,
 }
 
 /// One step of converging the topic to a file.
@@ -68,6 +70,8 @@ pub enum Change {
         fields: Vec<String>,
     },
     Delete(String),
+    /// The same subscription, its secrets sealed again under the current key; times unchanged.
+    Reseal(Current),
 }
 
 impl Change {
@@ -79,6 +83,7 @@ impl Change {
                 format!("update  {}: {}", spec.id, fields.join(", "))
             }
             Self::Delete(id) => format!("delete  {id}"),
+            Self::Reseal(current) => format!("reseal  {}", current.spec.id),
         }
     }
 }
@@ -125,12 +130,24 @@ pub fn current(config: &HeraldConfig, keys: &KeyRing) -> Result<OnTopic, Subscri
                 continue;
             }
         };
+        let sealed = &stored.subscription;
+        let sealed_with_old_key = sealed
+            .secrets
+            .iter()
+            .chain(
+                sealed
+                    .retiring_secrets
+                    .iter()
+                    .map(|retiring| &retiring.secret),
+            )
+            .any(|secret| keys.needs_resealing(secret));
         subscriptions.insert(
             id,
             Current {
                 spec,
                 created_at: stored.created_at,
                 updated_at: stored.updated_at,
+                sealed_with_old_key,
             },
         );
     }
@@ -138,6 +155,16 @@ pub fn current(config: &HeraldConfig, keys: &KeyRing) -> Result<OnTopic, Subscri
         subscriptions,
         unreadable,
     })
+}
+
+/// Lists the subscriptions to seal again after a new key went first in `encryption.keys`.
+pub fn plan_reseal(current: &BTreeMap<String, Current>) -> Vec<Change> {
+    current
+        .values()
+        .filter(|subscription| subscription.sealed_with_old_key)
+        .cloned()
+        .map(Change::Reseal)
+        .collect()
 }
 
 /// Lists the changes that make the topic hold exactly `wanted`.
@@ -201,6 +228,15 @@ pub async fn write(
                 spec, created_at, ..
             } => (&spec.id, Some(stored(spec, keys, created_at, &now)?)),
             Change::Delete(id) => (id, None),
+            Change::Reseal(current) => (
+                &current.spec.id,
+                Some(stored(
+                    &current.spec,
+                    keys,
+                    &current.created_at,
+                    &current.updated_at,
+                )?),
+            ),
         };
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(id);
         if let Some(value) = &value {
@@ -447,6 +483,7 @@ mod tests {
                         spec: spec.clone(),
                         created_at: "2026-12-01T00:00:00Z".into(),
                         updated_at: "2026-12-01T00:00:00Z".into(),
+                        sealed_with_old_key: false,
                     },
                 )
             })

@@ -66,6 +66,13 @@ pub enum SubscriptionsCommand {
     },
     /// Send one herald.test event to a subscription, whatever its event types.
     Test { id: String },
+    /// Seal every secret again under the first key of encryption.keys, after a new key was put
+    /// first. Once nothing is left to reseal, the old key can be removed.
+    Reseal {
+        /// Print the subscriptions to reseal without writing them.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Let a subscription receive deliveries again.
     Enable { id: String },
     /// Stop a subscription's deliveries; it stays on the topic.
@@ -230,6 +237,24 @@ pub async fn run(config: &HeraldConfig, command: SubscriptionsCommand) -> anyhow
             let event_id = subscriptions::send_test_event(config, &producer, &id).await?;
             println!("sent {} {event_id}", subscriptions::TEST_EVENT_TYPE);
             println!("follow it with: herald history {id}:{event_id}");
+        }
+        SubscriptionsCommand::Reseal { dry_run } => {
+            let changes = subscriptions::plan_reseal(&current);
+            for change in &changes {
+                println!("{}", change.describe());
+            }
+            if dry_run {
+                println!("{} to reseal (dry run: nothing written)", changes.len());
+            } else {
+                subscriptions::write(config, &keys, &changes).await?;
+                println!("{} resealed under the current key", changes.len());
+            }
+            if !on_topic.unreadable.is_empty() {
+                anyhow::bail!(
+                    "{} subscriptions cannot be opened with encryption.keys; keep their old key",
+                    on_topic.unreadable.len()
+                );
+            }
         }
         SubscriptionsCommand::Enable { id } => {
             set_enabled(config, &keys, existing(&id)?, true).await?;
