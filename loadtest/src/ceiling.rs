@@ -63,7 +63,10 @@ pub async fn measure(
         SubscriptionTable::from_specs(&specs, true)
             .map_err(|problems| anyhow::anyhow!("{problems}"))?,
     );
-    let client = WebhookClient::new(Duration::from_secs(5), 16 * 1024);
+    // The receivers are on loopback, which the address guard allows only when told to.
+    let guard = herald_sender::AddressGuard::new(&["127.0.0.0/8".into()])
+        .map_err(|problem| anyhow::anyhow!(problem))?;
+    let client = WebhookClient::new(Duration::from_secs(5), 16 * 1024, guard);
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let latencies = Arc::new(std::sync::Mutex::new(stats::histogram()));
     let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -180,6 +180,8 @@ source_topics = ["{domain}"]
 [sender]
 group_id = "{prefix}-sender"
 allow_plain_http = true
+# The reference receivers listen on loopback, which the address guard refuses unless listed.
+allowed_networks = ["127.0.0.0/8", "::1/128"]
 circuit_failure_threshold = {circuit_failure_threshold}
 
 [subscriptions]

@@ -19,12 +19,13 @@ use herald_core::time::rfc3339;
 use crate::snapshot::{self, SnapshotError};
 
 /// The values of `herald-dead-letter-reason`.
-pub const REASONS: [&str; 5] = [
+pub const REASONS: [&str; 6] = [
     "retries_exhausted",
     "gone",
     "subscription_not_found",
     "subscription_disabled",
     "malformed_delivery",
+    "blocked_address",
 ];
 
 /// A dead letter as an operator sees it.

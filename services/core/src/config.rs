@@ -218,6 +218,9 @@ pub struct SenderConfig {
     pub connect_timeout_ms: u64,
     /// Allow `http://` endpoints. Only for local testing: requests and signatures travel in clear.
     pub allow_plain_http: bool,
+    /// Networks webhooks may reach although they are loopback, private, link-local or otherwise
+    /// not public, as `10.1.0.0/16` or a single address. Empty: only public addresses.
+    pub allowed_networks: Vec<String>,
     /// Response bytes read before the rest is discarded.
     pub max_response_bytes: usize,
     /// Time allowed on shutdown for attempts in flight, in milliseconds.
@@ -242,6 +245,7 @@ impl Default for SenderConfig {
             circuit_open_ms: DEFAULT_CIRCUIT_OPEN_MS,
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             allow_plain_http: false,
+            allowed_networks: Vec::new(),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
             attempt_log: true,
@@ -556,6 +560,7 @@ impl HeraldConfig {
                 .with_list_parse_key("retry.tiers")
                 .with_list_parse_key("encryption.keys")
                 .with_list_parse_key("admin.tokens")
+                .with_list_parse_key("sender.allowed_networks")
                 .source(Some(environment)),
         );
         let mut loaded: Self = builder
@@ -711,6 +716,13 @@ impl HeraldConfig {
             && let Err(error) = self.encryption.key_ring()
         {
             problems.add("encryption.keys", error.to_string());
+        }
+        for (position, entry) in self.sender.allowed_networks.iter().enumerate() {
+            if !entry.trim().is_empty()
+                && let Err(message) = crate::address::Network::parse(entry)
+            {
+                problems.add(format!("sender.allowed_networks[{position}]"), message);
+            }
         }
         if let Err(token_problems) = self.admin.roles() {
             for problem in token_problems.iter() {

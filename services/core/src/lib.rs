@@ -2,6 +2,7 @@
 //! signing, configuration, record headers, in-order offset tracking and Kafka plumbing. The
 //! router and the sender are built from these.
 
+pub mod address;
 pub mod config;
 pub mod encryption;
 pub mod envelope;

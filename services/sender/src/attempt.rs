@@ -30,6 +30,9 @@ pub enum AttemptError {
     Request(String),
     #[error("cannot build the request: {0}")]
     InvalidRequest(String),
+    /// No request was made: the endpoint's address is in a range webhooks may not reach.
+    #[error("not sent: {0}")]
+    BlockedAddress(String),
     /// No request was made: the subscription's circuit is open after repeated failures.
     #[error("not sent: the subscription's circuit is open after repeated failures")]
     CircuitOpen,
@@ -43,6 +46,7 @@ impl AttemptError {
             Self::Connect(_) => "connect",
             Self::Request(_) => "request",
             Self::InvalidRequest(_) => "invalid_request",
+            Self::BlockedAddress(_) => "blocked_address",
             Self::CircuitOpen => "circuit_open",
         }
     }
@@ -134,7 +138,8 @@ mod tests {
         let mut problems = Problems::default();
         let subscription = check_spec(&spec, "s", true, &mut problems).expect("valid");
 
-        let client = WebhookClient::new(Duration::from_secs(1), 16 * 1024);
+        let guard = herald_core::address::AddressGuard::new(&["127.0.0.1".into()]).expect("valid");
+        let client = WebhookClient::new(Duration::from_secs(1), 16 * 1024, guard);
         let input = AttemptInput {
             webhook_id: "evt_headers",
             body: Bytes::from_static(b"{}"),

@@ -10,12 +10,14 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use herald_core::logging::error_chain;
 
 use crate::attempt::AttemptError;
+use herald_core::address::AddressGuard;
+
+use crate::guard::{GuardedConnector, blocked_address};
 
 /// The longest time spent reading a response body once the status has arrived. A body that
 /// takes longer is abandoned with its connection, so a slowly streaming endpoint does not keep
@@ -25,17 +27,19 @@ const MAX_BODY_READ: Duration = Duration::from_secs(1);
 /// A client shared by every attempt of one sender.
 #[derive(Clone)]
 pub struct WebhookClient {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<GuardedConnector>, Full<Bytes>>,
     max_response_bytes: usize,
 }
 
 impl WebhookClient {
-    /// Builds the client. Certificates are checked against the Mozilla root store (webpki-roots).
-    pub fn new(connect_timeout: Duration, max_response_bytes: usize) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_nodelay(true);
+    /// Builds the client. Certificates are checked against the Mozilla root store (webpki-roots),
+    /// and every connection goes to an address `guard` allows.
+    pub fn new(connect_timeout: Duration, max_response_bytes: usize, guard: AddressGuard) -> Self {
+        let http = GuardedConnector::new(std::sync::Arc::new(guard), |http| {
+            http.enforce_http(false);
+            http.set_connect_timeout(Some(connect_timeout));
+            http.set_nodelay(true);
+        });
         // Plain http:// is refused earlier, when subscriptions are checked, unless configuration
         // allows it; the connector itself can speak both.
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -103,6 +107,9 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 }
 
 fn classify(error: hyper_util::client::legacy::Error) -> AttemptError {
+    if let Some(refusal) = blocked_address(&error) {
+        return AttemptError::BlockedAddress(refusal.to_string());
+    }
     let detail = error_chain(&error);
     if error.is_connect() {
         AttemptError::Connect(detail)
@@ -182,7 +189,8 @@ mod tests {
             .body(Full::new(Bytes::from_static(b"{}")))
             .expect("valid request");
 
-        let client = WebhookClient::new(Duration::from_secs(1), 16 * 1024);
+        let guard = AddressGuard::new(&["127.0.0.1".into()]).expect("valid network");
+        let client = WebhookClient::new(Duration::from_secs(1), 16 * 1024, guard);
         let started = std::time::Instant::now();
         let result = client.send(request, timeout).await;
         assert_eq!(result.map(|response| response.status), Ok(StatusCode::OK));
@@ -194,6 +202,70 @@ mod tests {
         assert!(
             elapsed < expected + Duration::from_millis(1_500),
             "the body was read past the deadline: {elapsed:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn guard_refuses_loopback_before_any_request() {
+        use herald_verify::receiver::{Receiver, ReceiverOptions};
+
+        let start = |listener| {
+            Receiver::start(
+                listener,
+                ReceiverOptions {
+                    name: "guarded".into(),
+                    verifier: herald_verify::Verifier::new(vec![
+                        herald_verify::Secret::from_bytes(vec![1; 32]).expect("valid secret"),
+                    ])
+                    .expect("verifier"),
+                    keep_requests: true,
+                    log_file: None,
+                    hook: None,
+                },
+            )
+            .expect("receiver")
+        };
+        let v4 = start(
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind"),
+        );
+        let v4_port = v4.address().port();
+        let mut urls = vec![
+            format!("http://127.0.0.1:{v4_port}/hook"),
+            format!("http://[::ffff:127.0.0.1]:{v4_port}/hook"),
+            format!("http://localhost:{v4_port}/hook"),
+        ];
+        // IPv6 loopback may be missing in a container; the refusal is checked either way.
+        let v6 = match tokio::net::TcpListener::bind("[::1]:0").await {
+            Ok(listener) => Some(start(listener)),
+            Err(_) => None,
+        };
+        let v6_port = v6.as_ref().map_or(9, |receiver| receiver.address().port());
+        urls.push(format!("http://[::1]:{v6_port}/hook"));
+
+        let client = WebhookClient::new(Duration::from_secs(1), 1024, AddressGuard::default());
+        for url in &urls {
+            let request = Request::post(url.as_str())
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .expect("valid request");
+            let result = client.send(request, Duration::from_secs(5)).await;
+            match result {
+                Err(AttemptError::BlockedAddress(detail)) => {
+                    assert!(detail.contains("loopback"), "{url}: {detail}");
+                }
+                other => panic!("{url} was not refused: {other:?}"),
+            }
+        }
+        assert_eq!(
+            v4.requests().len(),
+            0,
+            "a request reached the IPv4 receiver"
+        );
+        assert_eq!(
+            v6.map_or(0, |receiver| receiver.requests().len()),
+            0,
+            "a request reached the IPv6 receiver"
         );
     }
 

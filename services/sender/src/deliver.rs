@@ -197,6 +197,17 @@ pub(crate) async fn deliver(shared: Arc<Shared>, delivery: Delivery) -> Result<(
                 }
             }
         }
+        Outcome::DeadLetter(reason) => {
+            tracing::warn!(
+                subscription_id,
+                event_id,
+                reason = reason.as_str(),
+                error = %result.as_ref().err().map(ToString::to_string).unwrap_or_default(),
+                "delivery dead-lettered without retries"
+            );
+            record.outcome = "dead_letter";
+            Some(dead_letter_record(&shared, &delivery, reason, &history))
+        }
         Outcome::Disable => {
             shared.disable(subscription_id).await;
             record.outcome = "disabled";

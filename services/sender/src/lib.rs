@@ -9,11 +9,13 @@ mod client;
 mod dead_letter;
 mod deliver;
 mod forwarder;
+mod guard;
 mod limits;
 mod outcome;
 mod run;
 
 pub use attempt::{AttemptError, AttemptInput, AttemptResult, attempt};
 pub use client::{HttpResponse, WebhookClient, retry_after};
+pub use herald_core::address::{AddressGuard, BlockedAddress, Network};
 pub use outcome::{DeadLetterReason, Outcome, decide};
 pub use run::{SenderError, run};

@@ -1,8 +1,8 @@
 //! The one place that decides what an attempt's result means for the delivery.
 //!
-//! 2xx is delivered. 410 Gone disables the subscription and dead-letters the delivery. Every
-//! other status (3xx included, since redirects are not followed), timeouts and connection, DNS
-//! and TLS failures are retried. On 429 and 503 a valid `Retry-After` sets the earliest retry.
+//! 2xx is delivered. 410 Gone disables the subscription and dead-letters the delivery, and so
+//! does an endpoint address the address guard refuses. Every other status (3xx included, since
+//! redirects are not followed), timeouts and connection, DNS and TLS failures are retried. On 429 and 503 a valid `Retry-After` sets the earliest retry.
 
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ pub enum Outcome {
     Retry { wait_at_least: Option<Duration> },
     /// The endpoint responded with 410 Gone: disable the subscription and dead-letter the delivery.
     Disable,
+    /// No attempt can succeed: dead-letter the delivery now.
+    DeadLetter(DeadLetterReason),
 }
 
 /// The reason a delivery was dead-lettered: the value of `herald-dead-letter-reason`.
@@ -34,6 +36,8 @@ pub enum DeadLetterReason {
     SubscriptionDisabled,
     /// The delivery record lacks a header Herald needs.
     MalformedDelivery,
+    /// The endpoint's address is in a range webhooks may not reach (`sender.allowed_networks`).
+    BlockedAddress,
 }
 
 impl DeadLetterReason {
@@ -44,6 +48,7 @@ impl DeadLetterReason {
             Self::SubscriptionNotFound => "subscription_not_found",
             Self::SubscriptionDisabled => "subscription_disabled",
             Self::MalformedDelivery => "malformed_delivery",
+            Self::BlockedAddress => "blocked_address",
         }
     }
 }
@@ -53,6 +58,9 @@ impl DeadLetterReason {
 pub fn decide(result: &AttemptResult, max_retry_after: Duration) -> Outcome {
     let response = match result {
         Ok(response) => response,
+        Err(crate::attempt::AttemptError::BlockedAddress(_)) => {
+            return Outcome::DeadLetter(DeadLetterReason::BlockedAddress);
+        }
         Err(_) => {
             return Outcome::Retry {
                 wait_at_least: None,

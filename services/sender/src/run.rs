@@ -11,6 +11,7 @@ use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaError;
 use tokio::sync::watch;
 
+use herald_core::address::AddressGuard;
 use herald_core::config::HeraldConfig;
 use herald_core::kafka::{self, GenerationContext};
 use herald_core::registry::Subscriptions;
@@ -25,6 +26,8 @@ use crate::limits::Limits;
 pub enum SenderError {
     #[error("invalid retry schedule: {0}")]
     Schedule(String),
+    #[error("invalid sender.allowed_networks: {0}")]
+    AllowedNetworks(String),
     #[error("cannot create the Kafka producer")]
     Producer(#[source] KafkaError),
     #[error("cannot create the Kafka consumer for {topic}")]
@@ -85,6 +88,8 @@ pub async fn run(
         client: WebhookClient::new(
             Duration::from_millis(config.sender.connect_timeout_ms),
             config.sender.max_response_bytes,
+            AddressGuard::new(&config.sender.allowed_networks)
+                .map_err(SenderError::AllowedNetworks)?,
         ),
         producer: producer.clone(),
         dlq_topic: config.topics.dlq.clone(),
