@@ -10,8 +10,9 @@ use rdkafka::Message;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use herald_core::address::AddressGuard;
 use herald_core::config::HeraldConfig;
-use herald_core::config::Problems;
+use herald_core::config::{Problems, SenderConfig};
 use herald_core::encryption::{EncryptionError, KeyRing};
 use herald_core::headers;
 use herald_core::kafka;
@@ -331,7 +332,7 @@ const FIXED_FIELDS: [(&str, &str); 6] = [
 pub fn patched(
     spec: &SubscriptionSpec,
     patch: &Value,
-    allow_plain_http: bool,
+    sender: &SenderConfig,
 ) -> Result<SubscriptionSpec, Vec<FieldError>> {
     let Some(members) = patch.as_object() else {
         return Err(vec![FieldError {
@@ -357,7 +358,7 @@ pub fn patched(
     let mut merged = serde_json::to_value(spec).unwrap_or_else(|_| json!({}));
     input::merge_patch(&mut merged, &patch);
     let changed: SubscriptionSpec = input::from_value(merged)?;
-    check_fields(&changed, allow_plain_http, &[])?;
+    check_fields(&changed, sender, &[])?;
     Ok(changed)
 }
 
@@ -365,11 +366,18 @@ pub fn patched(
 /// differs, such as `secrets[0]` for a single `secret`.
 pub fn check_fields(
     spec: &SubscriptionSpec,
-    allow_plain_http: bool,
+    sender: &SenderConfig,
     renames: &[(&str, &str)],
 ) -> Result<(), Vec<FieldError>> {
     let mut problems = Problems::default();
-    check_spec(spec, "", allow_plain_http, &mut problems);
+    check_spec(spec, "", sender.allow_plain_http, &mut problems);
+    // A URL naming an IP address is checked against the address guard now; a host name is
+    // checked each time it is resolved.
+    if problems.is_empty()
+        && let Some(refusal) = blocked_literal(&spec.url, &sender.allowed_networks)
+    {
+        problems.add("url", refusal);
+    }
     if problems.is_empty() {
         return Ok(());
     }
@@ -382,6 +390,21 @@ pub fn check_fields(
             field
         })
         .collect())
+}
+
+/// Returns why the sender would refuse a URL whose host is an IP address, if it would.
+fn blocked_literal(url: &str, allowed_networks: &[String]) -> Option<String> {
+    let host = url.parse::<http::Uri>().ok()?.host()?.to_owned();
+    let address: std::net::IpAddr = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
+    let guard = AddressGuard::new(allowed_networks).ok()?;
+    guard
+        .check(address)
+        .err()
+        .map(|refusal| refusal.to_string())
 }
 
 /// Returns a subscription as the API and `list --output json` show it: no secrets, the URL's query string redacted.
@@ -552,6 +575,40 @@ mod tests {
         );
         let at_once = rotated(&original, "whsec_new".into(), Duration::ZERO, now);
         assert!(at_once.retiring_secrets.is_empty());
+    }
+
+    #[test]
+    fn ip_address_urls_meet_the_address_guard() {
+        let sender = |allowed: &[&str]| SenderConfig {
+            allow_plain_http: true,
+            allowed_networks: allowed
+                .iter()
+                .map(|network| (*network).to_owned())
+                .collect(),
+            ..SenderConfig::default()
+        };
+        let valid = |url: &str| SubscriptionSpec {
+            secrets: vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()],
+            ..spec("ledger", url)
+        };
+        let loopback = valid("http://127.0.0.1:9/hooks");
+        let fields = check_fields(&loopback, &sender(&[]), &[]).expect_err("loopback refused");
+        assert_eq!(fields[0].path, "url");
+        assert!(
+            fields[0].message.contains("loopback"),
+            "{}",
+            fields[0].message
+        );
+        assert!(check_fields(&loopback, &sender(&["127.0.0.0/8"]), &[]).is_ok());
+        let mapped = valid("http://[::ffff:10.1.2.3]/hooks");
+        let fields = check_fields(&mapped, &sender(&[]), &[]).expect_err("private refused");
+        assert!(
+            fields[0].message.contains("private"),
+            "{}",
+            fields[0].message
+        );
+        let named = valid("https://hooks.example.com/in");
+        assert!(check_fields(&named, &sender(&[]), &[]).is_ok());
     }
 
     #[test]

@@ -361,8 +361,15 @@ fn check_headers(
     checked
 }
 
-/// Checks an endpoint URL: absolute, HTTPS unless plain HTTP is allowed, no credentials.
+/// Checks an endpoint URL: absolute, HTTPS unless plain HTTP is allowed, no credentials, no
+/// fragment, a valid host name or IP address, and a port from 1 to 65535 when one is given.
 pub fn check_url(text: &str, allow_plain_http: bool) -> Result<http::Uri, String> {
+    if !text.is_ascii() {
+        return Err("must be ASCII: write an international domain name in its xn-- (punycode) form, such as https://xn--bcher-kva.example/".to_owned());
+    }
+    if text.contains('#') {
+        return Err("must not contain a fragment (#…): receivers never see it".to_owned());
+    }
     let url: http::Uri = text
         .parse()
         .map_err(|_| "is not a valid absolute URL".to_owned())?;
@@ -383,7 +390,50 @@ pub fn check_url(text: &str, allow_plain_http: bool) -> Result<http::Uri, String
     if authority.host().is_empty() {
         return Err("has no host".to_owned());
     }
+    // http::Uri drops a port it cannot read as a number, so the text after the host is read here.
+    let port = authority
+        .as_str()
+        .strip_prefix(authority.host())
+        .and_then(|rest| rest.strip_prefix(':'));
+    if let Some(port) = port
+        && !port.parse::<u16>().is_ok_and(|number| number > 0)
+    {
+        return Err(format!("has port {port}; use 1 to 65535"));
+    }
+    check_host(authority.host())?;
     Ok(url)
+}
+
+/// Checks a URL's host: an IP address (IPv6 in brackets), or a DNS name of labels of letters,
+/// digits and hyphens, each 1 to 63 characters and not starting or ending with a hyphen.
+fn check_host(host: &str) -> Result<(), String> {
+    if let Some(inner) = host
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+    {
+        return inner
+            .parse::<std::net::Ipv6Addr>()
+            .map(|_| ())
+            .map_err(|_| format!("has an invalid IPv6 address {host}"));
+    }
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let valid = name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("has an invalid host name {host:?}"))
+    }
 }
 
 /// The file that lists subscriptions.
@@ -597,6 +647,39 @@ mod tests {
             .iter()
             .map(|s| s.id.clone())
             .collect()
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        let valid = [
+            "https://hooks.example.com/in",
+            "https://hooks.example.com:8443/in?tenant=a",
+            "https://xn--bcher-kva.example/",
+            "https://203.0.113.7/in",
+            "https://[2001:db8::7]:8443/in",
+            "https://hooks.example.com./in",
+        ];
+        for url in valid {
+            assert!(check_url(url, false).is_ok(), "{url}");
+        }
+        let invalid = [
+            ("http://hooks.example.com/", "plain http"),
+            ("ftp://hooks.example.com/", "https://"),
+            ("https://user:pw@hooks.example.com/", "credentials"),
+            ("https://bücher.example/", "punycode"),
+            ("https://hooks.example.com/#section", "fragment"),
+            ("https://hooks.example.com:0/", "port 0"),
+            ("https://hooks.example.com:70000/", "port 70000"),
+            ("https://-hooks.example.com/", "invalid host name"),
+            ("https://hooks..example.com/", "invalid host name"),
+            ("https://hooks_1.example.com/", "invalid host name"),
+            ("/relative/path", "https://"),
+        ];
+        for (url, expected) in invalid {
+            let message = check_url(url, false).expect_err(url);
+            assert!(message.contains(expected), "{url}: {message}");
+        }
+        assert!(check_url("http://hooks.example.com/", true).is_ok());
     }
 
     #[test]

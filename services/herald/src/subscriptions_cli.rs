@@ -204,15 +204,8 @@ pub async fn run(config: &HeraldConfig, command: SubscriptionsCommand) -> anyhow
             if let Some(description) = description {
                 merged["description"] = description.into();
             }
-            let spec =
-                subscriptions::patched(&subscription.spec, &merged, config.sender.allow_plain_http)
-                    .map_err(|fields| {
-                        let lines: Vec<String> = fields
-                            .iter()
-                            .map(|field| format!("  {}: {}", field.path, field.message))
-                            .collect();
-                        anyhow::anyhow!("invalid change:\n{}", lines.join("\n"))
-                    })?;
+            let spec = subscriptions::patched(&subscription.spec, &merged, &config.sender)
+                .map_err(invalid)?;
             let fields = subscriptions::differing_fields(&subscription.spec, &spec);
             if fields.is_empty() {
                 println!("{id} is unchanged");
@@ -334,16 +327,24 @@ async fn set_enabled(
     Ok(())
 }
 
-/// Checks the subscription a change writes, as a file's would be checked, then writes it.
+/// Checks the subscription a change writes, as the admin API checks it, then writes it.
 async fn write_checked(
     config: &HeraldConfig,
     keys: &KeyRing,
     change: Change,
 ) -> anyhow::Result<()> {
     if let Change::Create(spec) | Change::Update { spec, .. } = &change {
-        SubscriptionTable::from_specs(std::slice::from_ref(spec), config.sender.allow_plain_http)
-            .map_err(|problems| anyhow::anyhow!("invalid subscription:\n{problems}"))?;
+        subscriptions::check_fields(spec, &config.sender, &[]).map_err(invalid)?;
     }
     subscriptions::write(config, keys, &[change]).await?;
     Ok(())
+}
+
+/// Turns the bad fields of a subscription into one error, a line per field.
+fn invalid(fields: Vec<herald_admin::api::input::FieldError>) -> anyhow::Error {
+    let lines: Vec<String> = fields
+        .iter()
+        .map(|field| format!("  {}: {}", field.path, field.message))
+        .collect();
+    anyhow::anyhow!("invalid subscription:\n{}", lines.join("\n"))
 }

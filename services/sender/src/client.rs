@@ -269,6 +269,54 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        // The redirect target counts the connections it gets.
+        let target = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let target_address = target.local_addr().expect("address");
+        let reached = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&reached);
+        tokio::spawn(async move {
+            if target.accept().await.is_ok() {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let redirecting = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = redirecting.local_addr().expect("address");
+        tokio::spawn(async move {
+            let Ok((mut stream, _)) = redirecting.accept().await else {
+                return;
+            };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            let response = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{target_address}/hook\r\ncontent-length: 0\r\n\r\n"
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+
+        let guard = AddressGuard::new(&["127.0.0.1".into()]).expect("valid network");
+        let client = WebhookClient::new(Duration::from_secs(1), 1024, guard);
+        let request = Request::post(format!("http://{address}/hook"))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .expect("valid request");
+        let response = client
+            .send(request, Duration::from_secs(5))
+            .await
+            .expect("a response");
+        assert_eq!(response.status, StatusCode::TEMPORARY_REDIRECT);
+        assert!(
+            !reached.load(std::sync::atomic::Ordering::SeqCst),
+            "the redirect was followed"
+        );
+    }
+
     #[test]
     fn malformed_retry_after_is_ignored() {
         let now = SystemTime::now();

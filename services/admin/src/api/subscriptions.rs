@@ -151,12 +151,8 @@ pub async fn create(state: &ApiState, body: &[u8]) -> Result<Response<Full<Bytes
         retiring_secrets: Vec::new(),
         headers: new.headers,
     };
-    check_fields(
-        &spec,
-        state.config.sender.allow_plain_http,
-        &[("secrets[0]", "secret")],
-    )
-    .map_err(ApiError::invalid)?;
+    check_fields(&spec, &state.config.sender, &[("secrets[0]", "secret")])
+        .map_err(ApiError::invalid)?;
 
     let _change = state.changes.lock().await;
     if state.subscriptions.stored(&id).is_some() {
@@ -185,8 +181,7 @@ pub async fn update(
     let _change = state.changes.lock().await;
     let stored = existing(state, id)?;
     let opened = open(state, &stored)?;
-    let spec = patched(&opened, &patch, state.config.sender.allow_plain_http)
-        .map_err(ApiError::invalid)?;
+    let spec = patched(&opened, &patch, &state.config.sender).map_err(ApiError::invalid)?;
     if spec == opened {
         return Ok(json_response(StatusCode::OK, &view(&stored)));
     }
