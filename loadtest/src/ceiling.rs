@@ -66,7 +66,12 @@ pub async fn measure(
     // The receivers are on loopback, which the address guard allows only when told to.
     let guard = herald_sender::AddressGuard::new(&["127.0.0.0/8".into()])
         .map_err(|problem| anyhow::anyhow!(problem))?;
-    let client = WebhookClient::new(Duration::from_secs(5), 16 * 1024, guard);
+    let client = WebhookClient::new(herald_sender::ClientSettings {
+        connect_timeout: Duration::from_secs(5),
+        max_response_bytes: 16 * 1024,
+        guard,
+        extra_roots: Vec::new(),
+    })?;
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let latencies = Arc::new(std::sync::Mutex::new(stats::histogram()));
     let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -414,6 +414,7 @@ pub fn view(stored: &StoredSubscription) -> Value {
     if let Some(object) = view.as_object_mut() {
         object.remove("secrets");
         object.remove("retiring_secrets");
+        object.remove("client_key");
         object.insert("url".into(), redacted_url(&spec.url).into());
         object.insert("enabled".into(), spec.enabled.into());
         object.insert("secret_count".into(), spec.secrets.len().into());

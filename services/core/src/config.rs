@@ -221,6 +221,8 @@ pub struct SenderConfig {
     /// Networks webhooks may reach although they are loopback, private, link-local or otherwise
     /// not public, as `10.1.0.0/16` or a single address. Empty: only public addresses.
     pub allowed_networks: Vec<String>,
+    /// A PEM file of certificate authorities trusted beside the public ones, such as a bank's own.
+    pub extra_ca_file: Option<PathBuf>,
     /// Response bytes read before the rest is discarded.
     pub max_response_bytes: usize,
     /// Time allowed on shutdown for attempts in flight, in milliseconds.
@@ -246,6 +248,7 @@ impl Default for SenderConfig {
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             allow_plain_http: false,
             allowed_networks: Vec::new(),
+            extra_ca_file: None,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
             attempt_log: true,

@@ -60,7 +60,7 @@ pub fn open(spec: &SubscriptionSpec, keys: &KeyRing) -> Result<SubscriptionSpec,
     convert(spec, |secret| keys.open(secret, &spec.id))
 }
 
-/// Applies `change` to every secret of `spec`, retiring ones included.
+/// Applies `change` to every secret of `spec`, retiring ones and the client key included.
 fn convert(
     spec: &SubscriptionSpec,
     change: impl Fn(&str) -> Result<String, EncryptionError>,
@@ -80,9 +80,15 @@ fn convert(
             })
         })
         .collect::<Result<_, EncryptionError>>()?;
+    let client_key = spec
+        .client_key
+        .as_deref()
+        .map(&change)
+        .transpose()?;
     Ok(SubscriptionSpec {
         secrets,
         retiring_secrets,
+        client_key,
         ..spec.clone()
     })
 }
@@ -481,6 +487,8 @@ mod tests {
                 until: "2026-12-05T10:00:00Z".into(),
             }],
             headers: [("X-Tenant".to_owned(), "acme".to_owned())].into(),
+            client_certificate: Some("pem".into()),
+            client_key: Some("sealed".into()),
             ..SubscriptionSpec::new("ledger", "https://a.example.com/", &["*"], vec!["x".into()])
         };
         let stored = StoredSubscription {
@@ -510,12 +518,16 @@ mod tests {
     #[test]
     fn stored_subscription_round_trips_with_sealed_secrets() {
         let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned();
-        let spec = SubscriptionSpec::new(
-            "ledger",
-            "https://ledger.example.com/hooks",
-            &["payment.*"],
-            vec![secret.clone()],
-        );
+        let spec = SubscriptionSpec {
+            client_certificate: Some("-----BEGIN CERTIFICATE-----\n...".into()),
+            client_key: Some("-----BEGIN PRIVATE KEY-----\nPLAINKEYBYTES".into()),
+            ..SubscriptionSpec::new(
+                "ledger",
+                "https://ledger.example.com/hooks",
+                &["payment.*"],
+                vec![secret.clone()],
+            )
+        };
         let keys = keys();
         let stored = StoredSubscription {
             subscription: seal(&spec, &keys).expect("sealed"),
@@ -527,6 +539,10 @@ mod tests {
         assert!(
             !text.contains("MfKQ9r8G"),
             "the plain secret is on the topic: {text}"
+        );
+        assert!(
+            !text.contains("PLAINKEYBYTES"),
+            "the plain client key is on the topic: {text}"
         );
         let read = StoredSubscription::decode(&value).expect("decodes");
         assert_eq!(read, stored);

@@ -62,6 +62,12 @@ pub struct SubscriptionSpec {
     /// headers cannot be replaced.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// A PEM certificate chain presented to endpoints that require mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    /// The PEM private key of `client_certificate`; sealed on the topic like the secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
 }
 
 /// A secret that signs until `until` (RFC 3339).
@@ -89,6 +95,8 @@ impl SubscriptionSpec {
             filter: Vec::new(),
             retiring_secrets: Vec::new(),
             headers: BTreeMap::new(),
+            client_certificate: None,
+            client_key: None,
         }
     }
 }
@@ -116,6 +124,67 @@ pub struct Subscription {
     pub retiring_secrets: Vec<(Secret, std::time::SystemTime)>,
     /// Extra request headers, checked to be valid and not to replace Herald's own.
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The client certificate for mutual TLS, when the endpoint requires one.
+    pub client_identity: Option<Arc<ClientIdentity>>,
+}
+
+/// A certificate chain and its private key, for endpoints that require mutual TLS.
+pub struct ClientIdentity {
+    pub chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    pub key: rustls_pki_types::PrivateKeyDer<'static>,
+    /// A digest of chain and key, which tells identities apart without showing the key.
+    pub fingerprint: String,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ClientIdentity")
+            .field("certificates", &self.chain.len())
+            .field("fingerprint", &self.fingerprint)
+            .finish()
+    }
+}
+
+impl ClientIdentity {
+    /// Reads a PEM certificate chain and a PEM private key (PKCS #8, PKCS #1 or SEC1).
+    pub fn parse(certificate: &str, key: &str) -> Result<Self, (&'static str, String)> {
+        use rustls_pki_types::pem::PemObject;
+
+        let chain: Vec<_> =
+            rustls_pki_types::CertificateDer::pem_slice_iter(certificate.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|error| ("client_certificate", format!("is not valid PEM: {error}")))?;
+        if chain.is_empty() {
+            return Err((
+                "client_certificate",
+                "holds no CERTIFICATE block".to_owned(),
+            ));
+        }
+        let key =
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|_| {
+                (
+                    "client_key",
+                    "must be one PEM private key (PKCS #8, PKCS #1 or SEC1)".to_owned(),
+                )
+            })?;
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        for certificate in &chain {
+            digest.update(certificate.as_ref());
+        }
+        digest.update(key.secret_der());
+        let fingerprint = digest
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        Ok(Self {
+            chain,
+            key,
+            fingerprint,
+        })
+    }
 }
 
 impl Subscription {
@@ -277,6 +346,32 @@ pub fn check_spec(
     };
 
     let headers = check_headers(&spec.headers, key, problems);
+    let client_identity = match (&spec.client_certificate, &spec.client_key) {
+        (None, None) => None,
+        (Some(certificate), Some(private_key)) => {
+            match ClientIdentity::parse(certificate, private_key) {
+                Ok(identity) => Some(Arc::new(identity)),
+                Err((field, message)) => {
+                    problems.add(format!("{key}.{field}"), message);
+                    None
+                }
+            }
+        }
+        (Some(_), None) => {
+            problems.add(
+                format!("{key}.client_key"),
+                "is required with client_certificate",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            problems.add(
+                format!("{key}.client_certificate"),
+                "is required with client_key",
+            );
+            None
+        }
+    };
 
     if problems.len() > before {
         return None;
@@ -295,6 +390,7 @@ pub fn check_spec(
         filter,
         retiring_secrets,
         headers,
+        client_identity,
     })
 }
 

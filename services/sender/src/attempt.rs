@@ -26,6 +26,9 @@ pub enum AttemptError {
     Timeout,
     #[error("connection failed: {0}")]
     Connect(String),
+    /// The TLS handshake failed, such as an untrusted or expired certificate.
+    #[error("TLS failed: {0}")]
+    Tls(String),
     #[error("request failed: {0}")]
     Request(String),
     #[error("cannot build the request: {0}")]
@@ -44,6 +47,7 @@ impl AttemptError {
         match self {
             Self::Timeout => "timeout",
             Self::Connect(_) => "connect",
+            Self::Tls(_) => "tls",
             Self::Request(_) => "request",
             Self::InvalidRequest(_) => "invalid_request",
             Self::BlockedAddress(_) => "blocked_address",
@@ -98,7 +102,11 @@ pub async fn attempt(
         .map_err(|error| AttemptError::InvalidRequest(error.to_string()))?;
 
     client
-        .send(request, Duration::from_millis(subscription.timeout_ms))
+        .send(
+            request,
+            Duration::from_millis(subscription.timeout_ms),
+            subscription.client_identity.as_deref(),
+        )
         .await
 }
 
@@ -139,7 +147,7 @@ mod tests {
         let subscription = check_spec(&spec, "s", true, &mut problems).expect("valid");
 
         let guard = herald_core::address::AddressGuard::new(&["127.0.0.1".into()]).expect("valid");
-        let client = WebhookClient::new(Duration::from_secs(1), 16 * 1024, guard);
+        let client = crate::client::test_client(guard);
         let input = AttemptInput {
             webhook_id: "evt_headers",
             body: Bytes::from_static(b"{}"),

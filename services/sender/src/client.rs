@@ -2,6 +2,8 @@
 //! where the endpoint offers it, bounded connect and total time, a bounded read of the response.
 //! Redirects are not followed: hyper's client never follows them, and a 3xx is a failed attempt.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -11,11 +13,15 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 
 use herald_core::logging::error_chain;
 
 use crate::attempt::AttemptError;
 use herald_core::address::AddressGuard;
+use herald_core::subscription::ClientIdentity;
 
 use crate::guard::{GuardedConnector, blocked_address};
 
@@ -24,47 +30,121 @@ use crate::guard::{GuardedConnector, blocked_address};
 /// its concurrency slots for the whole attempt timeout.
 const MAX_BODY_READ: Duration = Duration::from_secs(1);
 
+type HttpClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
+
+/// Connection settings of the client.
+pub struct ClientSettings {
+    pub connect_timeout: Duration,
+    pub max_response_bytes: usize,
+    /// Every connection goes to an address this guard allows.
+    pub guard: AddressGuard,
+    /// Certificate authorities trusted beside the Mozilla root store, such as a bank's own.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+}
+
 /// A client shared by every attempt of one sender.
 #[derive(Clone)]
 pub struct WebhookClient {
-    client: Client<HttpsConnector<GuardedConnector>, Full<Bytes>>,
+    default: HttpClient,
+    parts: Arc<ClientParts>,
     max_response_bytes: usize,
 }
 
-impl WebhookClient {
-    /// Builds the client. Certificates are checked against the Mozilla root store (webpki-roots),
-    /// and every connection goes to an address `guard` allows.
-    pub fn new(connect_timeout: Duration, max_response_bytes: usize, guard: AddressGuard) -> Self {
-        let http = GuardedConnector::new(std::sync::Arc::new(guard), |http| {
+/// The settings for building a client per mutual TLS identity, and the clients built so far.
+struct ClientParts {
+    connect_timeout: Duration,
+    guard: Arc<AddressGuard>,
+    roots: Arc<RootCertStore>,
+    /// One client per client certificate, by the identity's fingerprint.
+    by_identity: Mutex<HashMap<String, HttpClient>>,
+}
+
+impl ClientParts {
+    fn build(&self, identity: Option<&ClientIdentity>) -> Result<HttpClient, rustls::Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(Arc::clone(&self.roots));
+        let tls = match identity {
+            Some(identity) => {
+                builder.with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let connect_timeout = self.connect_timeout;
+        let http = GuardedConnector::new(Arc::clone(&self.guard), |http| {
             http.enforce_http(false);
             http.set_connect_timeout(Some(connect_timeout));
             http.set_nodelay(true);
         });
         // Plain http:// is refused earlier, when subscriptions are checked, unless configuration
-        // allows it; the connector itself can speak both.
+        // allows it; the connector itself can speak both. ALPN offers HTTP/2 and HTTP/1.1.
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
-        Self {
-            client,
-            max_response_bytes,
+        Ok(Client::builder(TokioExecutor::new()).build(connector))
+    }
+}
+
+impl WebhookClient {
+    /// Builds the client. TLS 1.2 or 1.3 only; certificates are checked against the Mozilla root
+    /// store (webpki-roots) and `extra_roots`.
+    pub fn new(settings: ClientSettings) -> Result<Self, rustls::Error> {
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for root in settings.extra_roots {
+            roots.add(root)?;
         }
+        let parts = Arc::new(ClientParts {
+            connect_timeout: settings.connect_timeout,
+            guard: Arc::new(settings.guard),
+            roots: Arc::new(roots),
+            by_identity: Mutex::new(HashMap::new()),
+        });
+        Ok(Self {
+            default: parts.build(None)?,
+            parts,
+            max_response_bytes: settings.max_response_bytes,
+        })
+    }
+
+    /// Returns the client that presents `identity`, building it on first use.
+    fn client_for(&self, identity: Option<&ClientIdentity>) -> Result<HttpClient, AttemptError> {
+        let Some(identity) = identity else {
+            return Ok(self.default.clone());
+        };
+        let mut clients = self
+            .parts
+            .by_identity
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(client) = clients.get(&identity.fingerprint) {
+            return Ok(client.clone());
+        }
+        let client = self
+            .parts
+            .build(Some(identity))
+            .map_err(|error| AttemptError::Tls(format!("client certificate: {error}")))?;
+        clients.insert(identity.fingerprint.clone(), client.clone());
+        Ok(client)
     }
 
     /// Sends one request and reads at most `max_response_bytes` of the response, within `timeout`
     /// for the whole exchange. Once the status has arrived it decides the outcome: a body that is
     /// still arriving at the deadline is abandoned, not turned into a failed attempt.
+    /// With `identity`, the connection presents that client certificate.
     pub async fn send(
         &self,
         request: Request<Full<Bytes>>,
         timeout: Duration,
+        identity: Option<&ClientIdentity>,
     ) -> Result<HttpResponse, AttemptError> {
+        let client = self.client_for(identity)?;
         let deadline = tokio::time::Instant::now() + timeout;
-        let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+        let response = match tokio::time::timeout_at(deadline, client.request(request)).await {
             Ok(response) => response.map_err(classify)?,
             Err(_) => return Err(AttemptError::Timeout),
         };
@@ -81,6 +161,54 @@ impl WebhookClient {
             retry_after,
         })
     }
+}
+
+/// Returns a client for tests: 1 s to connect, 16 KiB of response read, no extra roots.
+#[cfg(test)]
+pub(crate) fn test_client(guard: AddressGuard) -> WebhookClient {
+    WebhookClient::new(ClientSettings {
+        connect_timeout: Duration::from_secs(1),
+        max_response_bytes: 16 * 1024,
+        guard,
+        extra_roots: Vec::new(),
+    })
+    .expect("a client")
+}
+
+/// Returns whether a TLS error (a certificate or handshake failure) is among the sources.
+fn tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if is_tls(error) {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
+/// Returns whether `error` is a rustls error, possibly wrapped in I/O errors, whose `source`
+/// skips the error they wrap.
+fn is_tls(error: &(dyn std::error::Error + 'static)) -> bool {
+    if error.is::<rustls::Error>() {
+        return true;
+    }
+    error
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::get_ref)
+        .is_some_and(|inner| is_tls(inner))
+}
+
+/// Reads the PEM certificates of `sender.extra_ca_file`.
+pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|error| format!("{} is not valid PEM: {error}", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!("{} holds no CERTIFICATE block", path.display()));
+    }
+    Ok(certificates)
 }
 
 /// The parts of an endpoint's response that decide the outcome.
@@ -111,6 +239,9 @@ fn classify(error: hyper_util::client::legacy::Error) -> AttemptError {
         return AttemptError::BlockedAddress(refusal.to_string());
     }
     let detail = error_chain(&error);
+    if tls_failure(&error) {
+        return AttemptError::Tls(detail);
+    }
     if error.is_connect() {
         AttemptError::Connect(detail)
     } else {
@@ -190,9 +321,9 @@ mod tests {
             .expect("valid request");
 
         let guard = AddressGuard::new(&["127.0.0.1".into()]).expect("valid network");
-        let client = WebhookClient::new(Duration::from_secs(1), 16 * 1024, guard);
+        let client = test_client(guard);
         let started = std::time::Instant::now();
-        let result = client.send(request, timeout).await;
+        let result = client.send(request, timeout, None).await;
         assert_eq!(result.map(|response| response.status), Ok(StatusCode::OK));
         let elapsed = started.elapsed();
         assert!(
@@ -244,12 +375,12 @@ mod tests {
         let v6_port = v6.as_ref().map_or(9, |receiver| receiver.address().port());
         urls.push(format!("http://[::1]:{v6_port}/hook"));
 
-        let client = WebhookClient::new(Duration::from_secs(1), 1024, AddressGuard::default());
+        let client = test_client(AddressGuard::default());
         for url in &urls {
             let request = Request::post(url.as_str())
                 .body(Full::new(Bytes::from_static(b"{}")))
                 .expect("valid request");
-            let result = client.send(request, Duration::from_secs(5)).await;
+            let result = client.send(request, Duration::from_secs(5), None).await;
             match result {
                 Err(AttemptError::BlockedAddress(detail)) => {
                     assert!(detail.contains("loopback"), "{url}: {detail}");
@@ -302,12 +433,12 @@ mod tests {
         });
 
         let guard = AddressGuard::new(&["127.0.0.1".into()]).expect("valid network");
-        let client = WebhookClient::new(Duration::from_secs(1), 1024, guard);
+        let client = test_client(guard);
         let request = Request::post(format!("http://{address}/hook"))
             .body(Full::new(Bytes::from_static(b"{}")))
             .expect("valid request");
         let response = client
-            .send(request, Duration::from_secs(5))
+            .send(request, Duration::from_secs(5), None)
             .await
             .expect("a response");
         assert_eq!(response.status, StatusCode::TEMPORARY_REDIRECT);

@@ -13,9 +13,11 @@ mod guard;
 mod limits;
 mod outcome;
 mod run;
+#[cfg(test)]
+mod tls_tests;
 
 pub use attempt::{AttemptError, AttemptInput, AttemptResult, attempt};
-pub use client::{HttpResponse, WebhookClient, retry_after};
+pub use client::{ClientSettings, HttpResponse, WebhookClient, read_ca_file, retry_after};
 pub use herald_core::address::{AddressGuard, BlockedAddress, Network};
 pub use outcome::{DeadLetterReason, Outcome, decide};
 pub use run::{SenderError, run};

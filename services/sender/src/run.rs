@@ -17,7 +17,7 @@ use herald_core::kafka::{self, GenerationContext};
 use herald_core::registry::Subscriptions;
 use herald_core::stage::{StageError, StageSettings, run_stage};
 
-use crate::client::WebhookClient;
+use crate::client::{ClientSettings, WebhookClient, read_ca_file};
 use crate::deliver::{Delivery, Shared, deliver};
 use crate::forwarder::run_forwarder;
 use crate::limits::Limits;
@@ -28,6 +28,10 @@ pub enum SenderError {
     Schedule(String),
     #[error("invalid sender.allowed_networks: {0}")]
     AllowedNetworks(String),
+    #[error("invalid sender.extra_ca_file: {0}")]
+    ExtraCa(String),
+    #[error("cannot set up TLS")]
+    Tls(#[source] rustls::Error),
     #[error("cannot create the Kafka producer")]
     Producer(#[source] KafkaError),
     #[error("cannot create the Kafka consumer for {topic}")]
@@ -85,12 +89,7 @@ pub async fn run(
 
     let shared = Arc::new(Shared {
         subscriptions,
-        client: WebhookClient::new(
-            Duration::from_millis(config.sender.connect_timeout_ms),
-            config.sender.max_response_bytes,
-            AddressGuard::new(&config.sender.allowed_networks)
-                .map_err(SenderError::AllowedNetworks)?,
-        ),
+        client: webhook_client(config)?,
         producer: producer.clone(),
         dlq_topic: config.topics.dlq.clone(),
         attempts_topic: config
@@ -166,4 +165,21 @@ pub async fn run(
     };
     let (delivered, forwarded, ()) = tokio::join!(deliveries, forwarding, signal);
     delivered.and(forwarded)
+}
+
+/// Builds the HTTP client from the sender's settings: timeouts, the address guard and the extra
+/// certificate authorities.
+fn webhook_client(config: &HeraldConfig) -> Result<WebhookClient, SenderError> {
+    let extra_roots = match &config.sender.extra_ca_file {
+        Some(path) => read_ca_file(path).map_err(SenderError::ExtraCa)?,
+        None => Vec::new(),
+    };
+    WebhookClient::new(ClientSettings {
+        connect_timeout: Duration::from_millis(config.sender.connect_timeout_ms),
+        max_response_bytes: config.sender.max_response_bytes,
+        guard: AddressGuard::new(&config.sender.allowed_networks)
+            .map_err(SenderError::AllowedNetworks)?,
+        extra_roots,
+    })
+    .map_err(SenderError::Tls)
 }

@@ -53,6 +53,10 @@ struct NewSubscription {
     filter: Vec<ConditionSpec>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    #[serde(default)]
+    client_certificate: Option<String>,
+    #[serde(default)]
+    client_key: Option<String>,
 }
 
 fn enabled_by_default() -> bool {
@@ -150,6 +154,8 @@ pub async fn create(state: &ApiState, body: &[u8]) -> Result<Response<Full<Bytes
         filter: new.filter,
         retiring_secrets: Vec::new(),
         headers: new.headers,
+        client_certificate: new.client_certificate,
+        client_key: new.client_key,
     };
     check_fields(&spec, &state.config.sender, &[("secrets[0]", "secret")])
         .map_err(ApiError::invalid)?;
