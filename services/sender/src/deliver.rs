@@ -103,7 +103,11 @@ pub(crate) async fn deliver(shared: Arc<Shared>, delivery: Delivery) -> Result<(
         .header(headers::FIRST_ATTEMPT_AT)
         .and_then(|text| humantime::parse_rfc3339(text).ok())
         .unwrap_or(attempted_at);
-    let pass = match shared.limits.admit(subscription).await {
+    let current_tier = delivery
+        .header(headers::TIER)
+        .and_then(|name| shared.schedule.position(name));
+    let last_chance = shared.schedule.next_tier(current_tier, None).is_none();
+    let pass = match shared.limits.admit(subscription, last_chance).await {
         Admission::Go(pass) => Some(pass),
         Admission::Park => return park(&shared, &delivery).await,
         Admission::CircuitOpen => None,
@@ -126,7 +130,11 @@ pub(crate) async fn deliver(shared: Arc<Shared>, delivery: Delivery) -> Result<(
                 _ => Health::Failing,
             };
             if let Some(change) = pass.finish(health) {
-                log_circuit_change(subscription_id, change, shared.circuit_open);
+                let last = match &result {
+                    Ok(response) => format!("status {}", response.status.as_u16()),
+                    Err(error) => error.to_string(),
+                };
+                log_circuit_change(subscription_id, change, shared.circuit_open, &last);
             }
             result
         }
@@ -160,9 +168,6 @@ pub(crate) async fn deliver(shared: Arc<Shared>, delivery: Delivery) -> Result<(
             None
         }
         Outcome::Retry { wait_at_least } => {
-            let current_tier = delivery
-                .header(headers::TIER)
-                .and_then(|name| shared.schedule.position(name));
             match shared
                 .schedule
                 .next_tier(current_tier, wait_at_least)
@@ -251,20 +256,29 @@ pub(crate) async fn deliver(shared: Arc<Shared>, delivery: Delivery) -> Result<(
     Ok(())
 }
 
-fn log_circuit_change(subscription_id: &str, change: CircuitChange, open_for: Duration) {
+/// Logs a change of a subscription's circuit, with the result of the attempt that caused it, so
+/// the log shows why an endpoint is failing.
+fn log_circuit_change(
+    subscription_id: &str,
+    change: CircuitChange,
+    open_for: Duration,
+    last_result: &str,
+) {
     let open_for = humantime::format_duration(open_for).to_string();
     match change {
         CircuitChange::Opened => tracing::warn!(
             subscription_id,
             %open_for,
+            last_result,
             "circuit opened after repeated failures: deliveries go straight to the next retry tier until a probe succeeds"
         ),
         CircuitChange::Reopened => tracing::info!(
             subscription_id,
             %open_for,
+            last_result,
             "probe attempt failed: circuit open again"
         ),
-        CircuitChange::Closed => tracing::warn!(
+        CircuitChange::Closed => tracing::info!(
             subscription_id,
             "circuit closed: the endpoint answers again"
         ),

@@ -134,10 +134,12 @@ impl Limits {
         }
     }
 
-    /// Waits for a pass for `subscription`, within the limits described above.
-    pub(crate) async fn admit(&self, subscription: &Subscription) -> Admission {
+    /// Waits for a pass for `subscription`, within the limits described above. With
+    /// `last_chance` (the delivery has no retry tier left) an open circuit does not block, so a
+    /// delivery is never dead-lettered without a real final attempt.
+    pub(crate) async fn admit(&self, subscription: &Subscription, last_chance: bool) -> Admission {
         let gate = self.gate(subscription);
-        if gate.circuit().blocks(Instant::now()) {
+        if !last_chance && gate.circuit().blocks(Instant::now()) {
             return Admission::CircuitOpen;
         }
         if gate.wait_too_long(self.park_after) {
@@ -167,6 +169,7 @@ impl Limits {
         let probe = match gate.circuit().admit(Instant::now()) {
             CircuitState::Closed => false,
             CircuitState::Probe => true,
+            CircuitState::Open if last_chance => false,
             CircuitState::Open => return Admission::CircuitOpen,
         };
         Admission::Go(Pass {
@@ -505,14 +508,17 @@ mod tests {
     async fn concurrency_limit_parks_what_would_wait_too_long() {
         let limits = limits(50, 10);
         let subscription = subscription(None, Some(1));
-        let Admission::Go(pass) = limits.admit(&subscription).await else {
+        let Admission::Go(pass) = limits.admit(&subscription, false).await else {
             panic!("the first delivery gets a pass");
         };
         // The only slot is taken and stays taken past park_after.
-        assert!(matches!(limits.admit(&subscription).await, Admission::Park));
+        assert!(matches!(
+            limits.admit(&subscription, false).await,
+            Admission::Park
+        ));
         assert_eq!(pass.finish(Health::Healthy), None);
         assert!(matches!(
-            limits.admit(&subscription).await,
+            limits.admit(&subscription, false).await,
             Admission::Go(_)
         ));
     }
@@ -521,12 +527,12 @@ mod tests {
     async fn gate_full_line_parks_at_once() {
         let limits = Arc::new(limits(60_000, 1));
         let subscription = Arc::new(subscription(None, Some(1)));
-        let Admission::Go(_pass) = limits.admit(&subscription).await else {
+        let Admission::Go(_pass) = limits.admit(&subscription, false).await else {
             panic!("the first delivery gets a pass");
         };
         let waiting = {
             let (limits, subscription) = (Arc::clone(&limits), Arc::clone(&subscription));
-            tokio::spawn(async move { limits.admit(&subscription).await })
+            tokio::spawn(async move { limits.admit(&subscription, false).await })
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while limits.gate(&subscription).waiting.load(Ordering::Acquire) == 0 {
@@ -537,7 +543,10 @@ mod tests {
             tokio::task::yield_now().await;
         }
         // The line is full with one, so the third is parked without waiting a minute.
-        assert!(matches!(limits.admit(&subscription).await, Admission::Park));
+        assert!(matches!(
+            limits.admit(&subscription, false).await,
+            Admission::Park
+        ));
         waiting.abort();
     }
 
@@ -550,7 +559,7 @@ mod tests {
         let started = Instant::now();
         for _ in 0..2 {
             assert!(matches!(
-                limits.admit(&subscription).await,
+                limits.admit(&subscription, false).await,
                 Admission::Go(_)
             ));
         }
@@ -558,10 +567,13 @@ mod tests {
 
         let strict = self::limits(50, 100);
         assert!(matches!(
-            strict.admit(&subscription).await,
+            strict.admit(&subscription, false).await,
             Admission::Go(_)
         ));
-        assert!(matches!(strict.admit(&subscription).await, Admission::Park));
+        assert!(matches!(
+            strict.admit(&subscription, false).await,
+            Admission::Park
+        ));
     }
 
     #[test]
