@@ -175,6 +175,7 @@ def main():
     call("POST", "/v1/dead-letters/redrive", "/v1/dead-letters/redrive", admin,
          {"subscription_id": "nobody", "dry_run": True})
     call("POST", "/v1/dead-letters/redrive", "/v1/dead-letters/redrive", read, {"dry_run": True})  # 403
+    call("POST", "/v1/dead-letters/redrive", "/v1/dead-letters/redrive", admin, {})  # 400: no filter
     call("DELETE", item, one, admin)
     call("DELETE", item, one, admin)  # 404
 

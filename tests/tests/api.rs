@@ -497,6 +497,12 @@ async fn api_dead_letters_and_openapi_document() -> anyhow::Result<()> {
         rest.body
     );
 
+    // A redrive without a filter must say so: it would send every dead letter back.
+    let unfiltered = api
+        .admin("POST", "/v1/dead-letters/redrive", Some(json!({})))
+        .await?;
+    assert_eq!(unfiltered.status, 400, "{:?}", unfiltered.body);
+
     // Redrive, with the endpoint repaired: every payment arrives.
     let dry = api
         .admin(

@@ -97,6 +97,14 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// Returns whether no criterion is set, so the filter matches every dead letter.
+    pub fn is_empty(&self) -> bool {
+        self.subscription_id.is_none()
+            && self.event_type.is_none()
+            && self.reason.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+    }
     pub fn matches(&self, dead_letter: &DeadLetter) -> bool {
         let equal = |wanted: &Option<String>, actual: &Option<String>| {
             wanted

@@ -26,6 +26,9 @@ pub enum DlqCommand {
         /// Only list what would be redriven.
         #[arg(long)]
         dry_run: bool,
+        /// Redrive every dead letter; required when no filter is given.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -75,8 +78,17 @@ pub async fn run_dlq(config: &HeraldConfig, command: DlqCommand) -> anyhow::Resu
                 println!("{} dead letters", found.len());
             }
         }
-        DlqCommand::Redrive { filter, dry_run } => {
-            let found = dlq::redrive(config, &filter.into(), dry_run).await?;
+        DlqCommand::Redrive {
+            filter,
+            dry_run,
+            all,
+        } => {
+            let filter: Filter = filter.into();
+            anyhow::ensure!(
+                all || !filter.is_empty(),
+                "give at least one filter (--subscription, --event-type, --reason, --since, --until), or --all to redrive every dead letter"
+            );
+            let found = dlq::redrive(config, &filter, dry_run).await?;
             print_dead_letters(&found, false)?;
             let verb = if dry_run {
                 "would be redriven"

@@ -31,6 +31,9 @@ struct Redrive {
     until: Option<String>,
     #[serde(default)]
     dry_run: bool,
+    /// Required when no filter is given, so an empty request cannot redrive everything.
+    #[serde(default)]
+    all: bool,
 }
 
 pub async fn list(state: &ApiState, query: &str) -> Result<Response<Full<Bytes>>, ApiError> {
@@ -56,7 +59,7 @@ pub async fn list(state: &ApiState, query: &str) -> Result<Response<Full<Bytes>>
                 Some(cursor) => after = Some(cursor),
                 None => problems.push(field(
                     "after",
-                    "must be <partition>:<offset>, as next_after gives",
+                    "must be <partition>/<offset>, as next_after gives",
                 )),
             },
             _ => problems.push(field(&name, "is not a known query parameter")),
@@ -78,7 +81,7 @@ pub async fn list(state: &ApiState, query: &str) -> Result<Response<Full<Bytes>>
     found.sort_by_key(|letter| (letter.partition, letter.offset));
     let next_after = (found.len() > limit).then(|| {
         let last = &found[limit - 1];
-        format!("{}:{}", last.partition, last.offset)
+        format!("{}/{}", last.partition, last.offset)
     });
     found.truncate(limit);
     Ok(json_response(
@@ -91,6 +94,12 @@ pub async fn redrive(state: &ApiState, body: &[u8]) -> Result<Response<Full<Byte
     let selection: Redrive = input::parse(body).map_err(ApiError::invalid)?;
     let mut problems = Vec::new();
     let filter = filter_of(&selection, &mut problems);
+    if filter.is_empty() && !selection.all {
+        problems.push(field(
+            "",
+            "give at least one filter (subscription_id, event_type, reason, since, until), or \"all\": true to redrive every dead letter",
+        ));
+    }
     if !problems.is_empty() {
         return Err(ApiError::invalid(problems));
     }
@@ -138,8 +147,9 @@ fn filter_of(selection: &Redrive, problems: &mut Vec<FieldError>) -> Filter {
     }
 }
 
+/// Reads `<partition>/<offset>`, the position `herald dlq list` shows; `:` is accepted too.
 fn parse_cursor(text: &str) -> Option<(i32, i64)> {
-    let (partition, offset) = text.split_once(':')?;
+    let (partition, offset) = text.split_once(['/', ':'])?;
     Some((partition.parse().ok()?, offset.parse().ok()?))
 }
 
