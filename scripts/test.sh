@@ -22,12 +22,15 @@ export HERALD_PYTHON
 # Binaries first: the end-to-end tests start `herald` as a child process.
 cargo build --workspace --bins
 log=$(mktemp)
-cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
+trap 'rm -f "$log"; stop_kafka' EXIT
+# A failing test must not end the script before the summary: its status is kept for the end.
+status=0
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 
 # A short load-test run that checks the harness's own accounting: nothing missing, no
 # unexplained duplicates, every signature valid. Long runs stay out of CI.
-target/debug/herald-loadtest loadtest/scenarios/ci-smoke.toml --out out/loadtest-ci
+target/debug/herald-loadtest loadtest/scenarios/ci-smoke.toml --out out/loadtest-ci || status=$?
 
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
-rm -f "$log"
+exit "$status"

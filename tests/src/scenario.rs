@@ -27,6 +27,10 @@ pub struct ScenarioOptions {
     /// More settings of one subscription, by endpoint name, as YAML `key: value` pairs such as
     /// `("rate_limit_per_second", "20")`.
     pub subscription_settings: BTreeMap<String, Vec<(String, String)>>,
+    /// Keys for `encryption.keys`: when given, router and sender read subscriptions from the
+    /// topic, and no subscriptions file is written (the test creates them through the admin API
+    /// or the CLI).
+    pub topic_keys: Option<String>,
     /// `sender.circuit_failure_threshold`. Functional tests keep circuits closed (a million
     /// failures), so that every retry they expect is a real request. Circuit and load tests set it.
     pub circuit_failure_threshold: Option<u32>,
@@ -57,7 +61,7 @@ impl Endpoint {
         self.receiver.counts().verified.load(Ordering::Relaxed)
     }
 
-    /// The webhook ids of the requests whose signature verified.
+    /// Returns the webhook ids of the requests whose signature verified.
     pub fn received(&self) -> BTreeSet<String> {
         received(&self.receiver)
     }
@@ -143,13 +147,19 @@ impl Scenario {
         }
 
         let subscriptions_path = folder.join("subscriptions.yaml");
-        std::fs::write(
-            &subscriptions_path,
-            subscriptions_yaml(
-                &endpoints.iter().collect::<Vec<_>>(),
-                &options.subscription_settings,
-            ),
-        )?;
+        let subscriptions_source = match &options.topic_keys {
+            Some(keys) => format!("source = \"topic\"\n\n[encryption]\nkeys = [\"{keys}\"]"),
+            None => {
+                std::fs::write(
+                    &subscriptions_path,
+                    subscriptions_yaml(
+                        &endpoints.iter().collect::<Vec<_>>(),
+                        &options.subscription_settings,
+                    ),
+                )?;
+                "source = \"file\"".to_owned()
+            }
+        };
         let config_path = folder.join("herald.toml");
         let config_text = format!(
             r#"[kafka]
@@ -185,8 +195,8 @@ allowed_networks = ["127.0.0.0/8", "::1/128"]
 circuit_failure_threshold = {circuit_failure_threshold}
 
 [subscriptions]
-source = "file"
 file = "{subscriptions}"
+{subscriptions_source}
 
 [retry]
 tiers = ["1s", "2s", "4s"]

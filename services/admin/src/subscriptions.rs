@@ -276,6 +276,17 @@ fn stored(
     .encode())
 }
 
+/// The longest overlap a rotation may give the old secrets.
+pub const MAX_OVERLAP: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// Reads a rotation overlap such as `24h` or `0s`, at most [`MAX_OVERLAP`].
+pub fn parse_overlap(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(overlap) if overlap <= MAX_OVERLAP => Ok(overlap),
+        _ => Err("must be a duration of at most 30 days, such as 24h or 0s".to_owned()),
+    }
+}
+
 /// Returns `spec` after a secret rotation at `now`: `new_secret` signs from now on, and the
 /// current secrets keep signing for `overlap` beside it. With no overlap, only the new secret
 /// signs, and earlier retiring secrets are dropped too.

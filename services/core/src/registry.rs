@@ -80,11 +80,7 @@ fn convert(
             })
         })
         .collect::<Result<_, EncryptionError>>()?;
-    let client_key = spec
-        .client_key
-        .as_deref()
-        .map(&change)
-        .transpose()?;
+    let client_key = spec.client_key.as_deref().map(&change).transpose()?;
     Ok(SubscriptionSpec {
         secrets,
         retiring_secrets,

@@ -475,6 +475,7 @@ pub fn check_url(text: &str, allow_plain_http: bool) -> Result<http::Uri, String
         Some("http") => {
             return Err("uses plain http; use https, or set sender.allow_plain_http = true for local testing".to_owned());
         }
+        _ if allow_plain_http => return Err("must be an https:// or http:// URL".to_owned()),
         _ => return Err("must be an https:// URL".to_owned()),
     }
     let Some(authority) = url.authority() else {

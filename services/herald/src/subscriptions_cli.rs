@@ -83,8 +83,8 @@ pub enum SubscriptionsCommand {
     /// secrets keep signing beside it for the overlap, so receivers can switch without a gap.
     RotateSecret {
         id: String,
-        /// How long the old secrets keep signing, such as 24h; 0s drops them at once.
-        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        /// How long the old secrets keep signing, at most 30 days, such as 24h; 0s drops them at once.
+        #[arg(long, default_value = "24h", value_parser = subscriptions::parse_overlap)]
         overlap: std::time::Duration,
     },
 }
@@ -282,10 +282,14 @@ pub async fn run(config: &HeraldConfig, command: SubscriptionsCommand) -> anyhow
                 },
             )
             .await?;
-            println!(
-                "rotated the secret of {id}; the old one signs for {} more",
-                humantime::format_duration(overlap)
-            );
+            if overlap.is_zero() {
+                println!("rotated the secret of {id}; the old ones stopped signing");
+            } else {
+                println!(
+                    "rotated the secret of {id}; the old ones sign for {} more",
+                    humantime::format_duration(overlap)
+                );
+            }
             println!("secret: {secret}   (shown once: give it to the receiver now)");
         }
     }

@@ -16,7 +16,7 @@ use anyhow::Context;
 use herald_tests::api::AdminApi;
 use herald_tests::kafka::{header, publish, read_topic};
 use herald_tests::samples::{bad_events, banking_events};
-use herald_tests::scenario::Scenario;
+use herald_tests::scenario::{Scenario, ScenarioOptions};
 use herald_tests::wait;
 use http::StatusCode;
 
@@ -24,11 +24,6 @@ const TIMEOUT: Duration = Duration::from_secs(300);
 /// A demo key for sealing secrets on the subscriptions topic; a deployment takes its keys from its
 /// secrets store.
 const DEMO_KEYS: &str = "demo-1:ZGVtby1vbmx5LWtleS1kby1ub3QtdXNlLWluLXByb2Q=";
-/// Subscriptions come from the topic, where the admin API writes them.
-const ENVIRONMENT: [(&str, &str); 2] = [
-    ("HERALD__SUBSCRIPTIONS__SOURCE", "topic"),
-    ("HERALD__ENCRYPTION__KEYS", DEMO_KEYS),
-];
 
 const SUBSCRIPTIONS: &[(&str, &[&str])] = &[
     ("compliance", &["kyc.*", "aml.*"]),
@@ -46,7 +41,12 @@ const DEAD: &str = "archive";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
-    let scenario = Scenario::new("demo", SUBSCRIPTIONS)
+    // Subscriptions come from the topic, where the admin API writes them.
+    let options = ScenarioOptions {
+        topic_keys: Some(DEMO_KEYS.to_owned()),
+        ..ScenarioOptions::default()
+    };
+    let scenario = Scenario::with_options("demo", SUBSCRIPTIONS, options)
         .await
         .context("setting up topics and receivers")?;
     scenario
@@ -73,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    let mut api = AdminApi::start(&scenario, &ENVIRONMENT)
+    let mut api = AdminApi::start(&scenario, &[])
         .await
         .context("starting the admin API")?;
     println!(
@@ -109,8 +109,8 @@ async fn main() -> anyhow::Result<()> {
         "  GET /v1/subscriptions lists {} subscriptions",
         listed.body["data"].as_array().map_or(0, Vec::len)
     );
-    let mut router = scenario.start_with("router", &ENVIRONMENT)?;
-    let mut sender = scenario.start_with("sender", &ENVIRONMENT)?;
+    let mut router = scenario.start("router")?;
+    let mut sender = scenario.start("sender")?;
 
     let banking = banking_events()?;
     println!(

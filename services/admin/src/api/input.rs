@@ -55,12 +55,71 @@ fn field_error(path: &str, message: &str) -> FieldError {
     let message = if message.starts_with("unknown field `") {
         "is not a known field".to_owned()
     } else {
-        message.to_owned()
+        plain_type_error(message)
     };
     FieldError {
         path: path.to_owned(),
         message,
     }
+}
+
+/// Rewrites serde's "invalid type: string \"x\", expected a sequence" as "expected an array,
+/// found string \"x\"", in JSON's words rather than Rust's.
+fn plain_type_error(message: &str) -> String {
+    let Some((found, expected)) = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))
+        .and_then(|rest| rest.split_once(", expected "))
+    else {
+        return message.to_owned();
+    };
+    let expected = match expected {
+        "a sequence" => "an array",
+        "a map" => "an object",
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number of at least 0",
+        "a boolean" => "true or false",
+        other => other,
+    };
+    let found = found.replace("sequence", "array").replace("map", "object");
+    format!("expected {expected}, found {found}")
+}
+
+/// Reads `body` as a JSON object into `T`. Unknown and missing fields are reported together
+/// before anything else, so one request shows every such mistake. `known` and `required` list
+/// the top-level field names of `T`.
+pub fn parse_object<T: DeserializeOwned>(
+    body: &[u8],
+    known: &[&str],
+    required: &[&str],
+) -> Result<T, Vec<FieldError>> {
+    let value: Value = parse(body)?;
+    let Some(members) = value.as_object() else {
+        return Err(vec![FieldError {
+            path: String::new(),
+            message: "the body must be a JSON object".into(),
+        }]);
+    };
+    let mut problems: Vec<FieldError> = required
+        .iter()
+        .filter(|name| !members.contains_key(**name))
+        .map(|name| FieldError {
+            path: (*name).to_owned(),
+            message: "is required".into(),
+        })
+        .collect();
+    problems.extend(
+        members
+            .keys()
+            .filter(|name| !known.contains(&name.as_str()))
+            .map(|name| FieldError {
+                path: name.clone(),
+                message: "is not a known field".into(),
+            }),
+    );
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    from_value(value)
 }
 
 fn join(parent: &str, name: &str) -> String {
@@ -139,16 +198,32 @@ mod tests {
         assert_eq!(first_error(r#"{"url":"x","color":1}"#).path, "color");
         let nested = first_error(r#"{"url":"x","limits":[{"rate":1},{"rate":"fast"}]}"#);
         assert_eq!(nested.path, "limits[1].rate");
-        assert!(
-            nested.message.contains("invalid type"),
-            "{}",
-            nested.message
+        assert_eq!(
+            nested.message,
+            "expected a whole number of at least 0, found string \"fast\""
         );
         assert_eq!(
             first_error(r#"{"url":"x","limits":[{"burst":1}]}"#).path,
             "limits[0].burst"
         );
         assert_eq!(first_error("{not json").path, "");
+    }
+
+    #[test]
+    fn object_errors_are_reported_together() {
+        let errors =
+            parse_object::<Sample>(br#"{"colour": 1, "size": 2}"#, &["url", "limits"], &["url"])
+                .expect_err("invalid");
+        let paths: Vec<&str> = errors.iter().map(|error| error.path.as_str()).collect();
+        assert_eq!(paths, ["url", "colour", "size"]);
+        let typed = first_error(r#"{"url": "x", "limits": {"rate": 1}}"#);
+        assert_eq!(typed.path, "limits");
+        assert_eq!(typed.message, "expected an array, found object");
+        let negative = first_error(r#"{"url": "x", "limits": [{"rate": -1}]}"#);
+        assert_eq!(
+            negative.message,
+            "expected a whole number of at least 0, found integer `-1`"
+        );
     }
 
     #[test]

@@ -333,7 +333,7 @@ async fn dispatch(
             let mut response = ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                format!("use {}", allowed.join(" or ")),
+                format!("use {}", list_of(&allowed)),
             )
             .response();
             if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
@@ -393,6 +393,15 @@ async fn dispatch(
         Operation::SendTestEvent => subscriptions::send_test(state, &required(id)?).await,
         Operation::ListDeadLetters => dead_letters::list(state, &query).await,
         Operation::RedriveDeadLetters => dead_letters::redrive(state, &body).await,
+    }
+}
+
+/// Joins names as `A`, `A or B`, or `A, B or C`.
+fn list_of(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [only] => (*only).to_owned(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
     }
 }
 

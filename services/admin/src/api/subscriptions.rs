@@ -17,13 +17,12 @@ use herald_core::subscription::SubscriptionSpec;
 use super::input::{self, FieldError};
 use super::{ApiError, ApiState, json_response, query_pairs};
 use crate::subscriptions::{
-    TEST_EVENT_TYPE, check_fields, patched, rotated, send_test_event, view,
+    TEST_EVENT_TYPE, check_fields, parse_overlap, patched, rotated, send_test_event, view,
 };
 
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 500;
 const DEFAULT_OVERLAP: Duration = Duration::from_secs(24 * 60 * 60);
-const MAX_OVERLAP: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// The body of `POST /v1/subscriptions`.
 #[derive(Debug, Deserialize)]
@@ -58,6 +57,24 @@ struct NewSubscription {
     #[serde(default)]
     client_key: Option<String>,
 }
+
+/// The fields of [`NewSubscription`], for reporting every unknown field at once.
+const NEW_SUBSCRIPTION_FIELDS: &[&str] = &[
+    "id",
+    "description",
+    "url",
+    "event_types",
+    "secret",
+    "enabled",
+    "timeout_ms",
+    "rate_limit_per_second",
+    "rate_limit_burst",
+    "max_concurrency",
+    "filter",
+    "headers",
+    "client_certificate",
+    "client_key",
+];
 
 fn enabled_by_default() -> bool {
     true
@@ -126,7 +143,9 @@ pub fn get(state: &ApiState, id: &str) -> Result<Response<Full<Bytes>>, ApiError
 }
 
 pub async fn create(state: &ApiState, body: &[u8]) -> Result<Response<Full<Bytes>>, ApiError> {
-    let new: NewSubscription = input::parse(body).map_err(ApiError::invalid)?;
+    let new: NewSubscription =
+        input::parse_object(body, NEW_SUBSCRIPTION_FIELDS, &["url", "event_types"])
+            .map_err(ApiError::invalid)?;
     let id = match new.id {
         Some(id) => id,
         None => format!(
@@ -183,6 +202,12 @@ pub async fn update(
     id: &str,
     body: &[u8],
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid(vec![FieldError {
+            path: String::new(),
+            message: "the body must be a JSON object of the fields to change".into(),
+        }]));
+    }
     let patch: Value = input::parse(body).map_err(ApiError::invalid)?;
     let _change = state.changes.lock().await;
     let stored = existing(state, id)?;
@@ -239,15 +264,12 @@ pub async fn rotate(
     let rotation: Rotation = input::parse(body).map_err(ApiError::invalid)?;
     let overlap = match rotation.overlap {
         None => DEFAULT_OVERLAP,
-        Some(text) => match humantime::parse_duration(&text) {
-            Ok(overlap) if overlap <= MAX_OVERLAP => overlap,
-            _ => {
-                return Err(ApiError::invalid(vec![FieldError {
-                    path: "overlap".into(),
-                    message: "must be a duration of at most 30 days, such as 24h or 0s".into(),
-                }]));
-            }
-        },
+        Some(text) => parse_overlap(&text).map_err(|message| {
+            ApiError::invalid(vec![FieldError {
+                path: "overlap".into(),
+                message,
+            }])
+        })?,
     };
     let secret = generate_secret()
         .map_err(|error| ApiError::unavailable("generating a secret failed", &error))?;
