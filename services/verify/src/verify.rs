@@ -65,6 +65,11 @@ impl Verifier {
         self
     }
 
+    /// Returns how far the timestamp may be from now, either way.
+    pub fn tolerance(&self) -> Duration {
+        self.tolerance
+    }
+
     /// Verifies a request against the current time.
     pub fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<Verified, VerifyError> {
         self.verify_at(headers, body, SystemTime::now())
