@@ -111,7 +111,7 @@ fn herald_reproduces_the_fixed_vectors() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn the_library_verifies_requests_herald_sent() -> anyhow::Result<()> {
+async fn python_library_verifies_herald_requests() -> anyhow::Result<()> {
     let current = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let retiring = "whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3";
     let receiver = Receiver::start(
@@ -190,7 +190,7 @@ async fn the_library_verifies_requests_herald_sent() -> anyhow::Result<()> {
 }
 
 #[test]
-fn herald_verify_accepts_requests_the_library_signed() -> anyhow::Result<()> {
+fn herald_verify_accepts_python_signatures() -> anyhow::Result<()> {
     let first = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let second = "whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3";
     let messages = [
