@@ -401,6 +401,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn oversized_response_is_cut_off() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        // An endpoint that answers 200 with 64 MiB of body as fast as the socket takes it.
+        const BODY_BYTES: usize = 64 * 1024 * 1024;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("a connection");
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {BODY_BYTES}\r\n\r\n");
+            stream
+                .write_all(head.as_bytes())
+                .await
+                .expect("head written");
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut written = 0;
+            while written < BODY_BYTES {
+                if stream.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                written += chunk.len();
+            }
+            written
+        });
+
+        let guard = AddressGuard::new(&["127.0.0.1".into()]).expect("valid network");
+        let client = test_client(guard);
+        let request = Request::post(format!("http://{address}/hook"))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .expect("valid request");
+        let response = client
+            .send(request, Duration::from_secs(30), None)
+            .await
+            .expect("a response");
+        assert_eq!(response.status, StatusCode::OK);
+        drop(client);
+        let written = server.await.expect("the server task");
+        assert!(
+            written < BODY_BYTES,
+            "the whole body was read: {written} bytes"
+        );
+    }
+
+    #[tokio::test]
     async fn redirects_are_not_followed() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
