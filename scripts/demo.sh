@@ -8,7 +8,7 @@ started_kafka=0
 stop_kafka() { if [[ $started_kafka == 1 ]]; then deploy/local/kafka.sh stop; fi; }
 trap stop_kafka EXIT
 
-echo "== Building Herald"
+echo "== Building Herald (the first build takes several minutes)"
 cargo build --workspace --bins --quiet
 
 if ! deploy/local/kafka.sh status >/dev/null 2>&1; then

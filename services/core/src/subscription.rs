@@ -466,6 +466,9 @@ pub fn check_url(text: &str, allow_plain_http: bool) -> Result<http::Uri, String
     if text.contains('#') {
         return Err("must not contain a fragment (#…): receivers never see it".to_owned());
     }
+    if !text.contains("://") {
+        return Err("must start with https://".to_owned());
+    }
     let url: http::Uri = text
         .parse()
         .map_err(|_| "is not a valid absolute URL".to_owned())?;
@@ -482,7 +485,7 @@ pub fn check_url(text: &str, allow_plain_http: bool) -> Result<http::Uri, String
         return Err("has no host".to_owned());
     };
     if authority.as_str().contains('@') {
-        return Err("must not contain credentials; put them in the secret, not the URL".to_owned());
+        return Err("must not contain credentials (user:password@): receivers authenticate Herald by its signature".to_owned());
     }
     if authority.host().is_empty() {
         return Err("has no host".to_owned());
@@ -771,6 +774,7 @@ mod tests {
             ("https://hooks..example.com/", "invalid host name"),
             ("https://hooks_1.example.com/", "invalid host name"),
             ("/relative/path", "https://"),
+            ("hooks.example.com:8443/in", "must start with https://"),
         ];
         for (url, expected) in invalid {
             let message = check_url(url, false).expect_err(url);

@@ -52,7 +52,10 @@ enum Command {
     History {
         /// The delivery id: `<subscription id>:<event id>`.
         delivery_id: String,
-        /// Print one JSON object per attempt.
+        /// `json` prints one JSON object per attempt.
+        #[arg(long, value_enum, default_value_t = operator::Output::Text)]
+        output: operator::Output,
+        /// The same as --output json.
         #[arg(long)]
         json: bool,
     },
@@ -124,7 +127,12 @@ async fn run(command: Command, config: HeraldConfig) -> anyhow::Result<ExitCode>
         Command::Subscriptions { command } => {
             return subscriptions_cli::run(&config, command).await;
         }
-        Command::History { delivery_id, json } => {
+        Command::History {
+            delivery_id,
+            output,
+            json,
+        } => {
+            let json = json || output == operator::Output::Json;
             return operator::run_history(&config, &delivery_id, json);
         }
     }

@@ -15,7 +15,10 @@ pub enum DlqCommand {
     List {
         #[command(flatten)]
         filter: FilterArguments,
-        /// Print one JSON object per line instead of a table.
+        /// `json` prints one JSON object per line instead of a table.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+        /// The same as --output json.
         #[arg(long)]
         json: bool,
     },
@@ -30,6 +33,13 @@ pub enum DlqCommand {
         #[arg(long)]
         all: bool,
     },
+}
+
+/// The output format of a listing command.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
 }
 
 #[derive(Args)]
@@ -71,7 +81,12 @@ impl From<FilterArguments> for Filter {
 
 pub async fn run_dlq(config: &HeraldConfig, command: DlqCommand) -> anyhow::Result<ExitCode> {
     match command {
-        DlqCommand::List { filter, json } => {
+        DlqCommand::List {
+            filter,
+            output,
+            json,
+        } => {
+            let json = json || output == Output::Json;
             let found = dlq::list(config, &filter.into())?;
             print_dead_letters(&found, json)?;
             if !json {

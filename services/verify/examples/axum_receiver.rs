@@ -48,6 +48,11 @@ async fn webhook(
                     accepted.verified.id,
                     String::from_utf8_lossy(&body)
                 );
+            } else {
+                println!(
+                    "event {}: a repeat, acknowledged again",
+                    accepted.verified.id
+                );
             }
             // A repeat was processed before: acknowledge it so Herald stops retrying.
             StatusCode::NO_CONTENT
