@@ -64,14 +64,11 @@ impl AdminApi {
         })
         .await?;
         process.check_running()?;
-        let log = process.log_tail();
-        let address = log
-            .lines()
-            .find(|line| line.contains("admin API listening"))
-            .and_then(|line| line.split("listen=").nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-            .ok_or_else(|| anyhow::anyhow!("no address in the admin log:\n{log}"))?
-            .to_owned();
+        let address = process
+            .logged_address("admin API listening")
+            .ok_or_else(|| {
+                anyhow::anyhow!("no address in the admin log:\n{}", process.log_tail())
+            })?;
         Ok(Self {
             process,
             base: format!("http://{address}"),

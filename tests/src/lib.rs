@@ -3,6 +3,7 @@
 //! events, and waiting on conditions with deadlines.
 
 pub mod api;
+pub mod http;
 pub mod kafka;
 pub mod process;
 pub mod samples;

@@ -130,6 +130,17 @@ impl HeraldProcess {
         Ok(())
     }
 
+    /// Returns the `listen=` address of the first log line containing `marker`, such as the
+    /// address a service bound for `127.0.0.1:0`.
+    pub fn logged_address(&self, marker: &str) -> Option<String> {
+        let log = std::fs::read_to_string(&self.log).ok()?;
+        log.lines()
+            .find(|line| line.contains(marker))
+            .and_then(|line| line.split("listen=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+    }
+
     /// Returns whether the process's log contains `text`.
     pub fn log_contains(&self, text: &str) -> bool {
         std::fs::read_to_string(&self.log).is_ok_and(|log| log.contains(text))

@@ -62,6 +62,7 @@ pub struct HeraldConfig {
     pub log: LogConfig,
     pub encryption: EncryptionConfig,
     pub admin: AdminConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 /// How to reach Kafka.
@@ -368,6 +369,34 @@ impl EncryptionConfig {
             .cloned()
             .collect();
         crate::encryption::KeyRing::parse(&keys)
+    }
+}
+
+/// Metrics and health endpoints of the router and the sender.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Address for `/metrics` (Prometheus), `/healthz` and `/readyz`, such as `0.0.0.0:9464`;
+    /// none serves nothing.
+    pub listen: Option<String>,
+    /// OTLP/HTTP endpoint that metrics are pushed to, such as `http://collector:4318`; none
+    /// pushes nothing.
+    pub otlp_endpoint: Option<String>,
+    /// How often metrics are pushed over OTLP, in milliseconds.
+    pub export_interval_ms: u64,
+    /// Add `subscription_id` to per-subscription metrics. Each subscription is then its own time
+    /// series, so turn it on only for a bounded number of subscriptions.
+    pub subscription_attribute: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            otlp_endpoint: None,
+            export_interval_ms: 60_000,
+            subscription_attribute: false,
+        }
     }
 }
 
@@ -738,6 +767,27 @@ impl HeraldConfig {
                 "must be an address and port, such as 127.0.0.1:8088 or 0.0.0.0:8088",
             );
         }
+        if let Some(listen) = &self.telemetry.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            problems.add(
+                "telemetry.listen",
+                "must be an address and port, such as 0.0.0.0:9464",
+            );
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            problems.add(
+                "telemetry.otlp_endpoint",
+                "must be an http:// or https:// URL, such as http://collector:4318",
+            );
+        }
+        require_positive(
+            &mut problems,
+            "telemetry.export_interval_ms",
+            self.telemetry.export_interval_ms,
+        );
         require_positive(
             &mut problems,
             "admin.max_body_bytes",

@@ -236,6 +236,7 @@ impl ConsumerContext for GenerationContext {
         match rebalance {
             Rebalance::Assign(partitions) => {
                 tracing::info!(group_id = %self.group_id, partitions = partitions.count(), "partitions assigned");
+                crate::telemetry::mark_ready();
                 self.advance(partitions);
             }
             Rebalance::Revoke(_) => {}

@@ -16,5 +16,6 @@ pub mod retry;
 pub mod signing;
 pub mod stage;
 pub mod subscription;
+pub mod telemetry;
 pub mod time;
 pub mod topics;

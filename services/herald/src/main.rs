@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use herald_core::config::{HeraldConfig, SubscriptionSource};
 use herald_core::registry::{self, Subscriptions};
 use herald_core::subscription::SubscriptionTable;
+use herald_core::telemetry::Telemetry;
 use herald_core::topics::{self, TopicOutcome};
 
 mod operator;
@@ -112,12 +113,20 @@ async fn run(command: Command, config: HeraldConfig) -> anyhow::Result<ExitCode>
 
     match command {
         Command::Router => {
+            let telemetry = start_telemetry(&config, "herald-router").await?;
             let subscriptions = load_subscriptions(&config).await?;
-            herald_router::run(&config, subscriptions, shutdown_signal()).await?;
+            observe_subscriptions(&subscriptions);
+            let result = herald_router::run(&config, subscriptions, shutdown_signal()).await;
+            telemetry.shutdown();
+            result?;
         }
         Command::Sender => {
+            let telemetry = start_telemetry(&config, "herald-sender").await?;
             let subscriptions = load_subscriptions(&config).await?;
-            herald_sender::run(&config, subscriptions, shutdown_signal()).await?;
+            observe_subscriptions(&subscriptions);
+            let result = herald_sender::run(&config, subscriptions, shutdown_signal()).await;
+            telemetry.shutdown();
+            result?;
         }
         Command::Admin => serve_admin(config).await?,
         Command::Topics {
@@ -138,6 +147,42 @@ async fn run(command: Command, config: HeraldConfig) -> anyhow::Result<ExitCode>
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Installs the metrics exporters and, with `telemetry.listen`, serves `/metrics`, `/healthz`
+/// and `/readyz` for as long as the process runs.
+async fn start_telemetry(
+    config: &HeraldConfig,
+    service: &'static str,
+) -> anyhow::Result<Telemetry> {
+    let telemetry = Telemetry::init(&config.telemetry, service)?;
+    if let Some(listen) = &config.telemetry.listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on telemetry.listen = {listen}"))?;
+        tracing::info!(
+            listen = %listener.local_addr().map_or_else(|_| listen.clone(), |a| a.to_string()),
+            "metrics and health endpoints listening"
+        );
+        tokio::spawn(herald_core::telemetry::serve(
+            listener,
+            telemetry.registry(),
+            std::future::pending(),
+        ));
+    }
+    Ok(telemetry)
+}
+
+/// Reports the number of subscriptions in the current table as a gauge.
+fn observe_subscriptions(subscriptions: &Subscriptions) {
+    let subscriptions = subscriptions.clone();
+    // The callback stays registered with the meter provider once the gauge is built.
+    let _ = opentelemetry::global::meter(herald_core::telemetry::METER)
+        .u64_observable_gauge("herald.subscriptions")
+        .with_unit("{subscription}")
+        .with_description("Subscriptions in the table this process uses")
+        .with_callback(move |observer| observer.observe(subscriptions.current().len() as u64, &[]))
+        .build();
 }
 
 /// Reads the subscriptions from the file, or from the topic and then follows it.

@@ -2,6 +2,7 @@
 //! subscription to the deliveries topic, or a rejected record when an event cannot be read.
 //! An input offset is stored only after every record produced for it is acknowledged by Kafka.
 
+mod metrics;
 mod route;
 mod run;
 

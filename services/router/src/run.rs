@@ -84,10 +84,12 @@ pub async fn run(
     let produce_timeout = Duration::from_millis(config.kafka.produce_timeout_ms);
 
     let result = run_stage(&consumer, &settings, shutdown, |message| {
+        let routed = route(message, &subscriptions.current(), max_event_bytes);
+        crate::metrics::record(&routed);
         let acknowledgements = enqueue_routed(
             &producer,
             message,
-            route(message, &subscriptions.current(), max_event_bytes),
+            routed,
             (&deliveries_topic, &rejected_topic),
             produce_timeout,
         );
@@ -112,9 +114,14 @@ fn enqueue_routed(
     for record in routed {
         let (topic, future) = match record {
             RoutedRecord::Delivery { key, headers } => {
-                let record = FutureRecord::to(deliveries_topic)
+                let mut record = FutureRecord::to(deliveries_topic)
                     .key(&key)
                     .headers(headers);
+                // The delivery keeps its event's timestamp, from which the sender measures
+                // end-to-end latency.
+                if let Some(millis) = message.timestamp().to_millis() {
+                    record = record.timestamp(millis);
+                }
                 let record = match message.payload() {
                     Some(payload) => record.payload(payload),
                     None => record,

@@ -49,6 +49,8 @@ pub(crate) struct Delivery {
     pub key: Option<Vec<u8>>,
     pub body: Bytes,
     pub headers: Option<OwnedHeaders>,
+    /// The record's timestamp: when its event was published, as the router copies it.
+    pub published_at: Option<SystemTime>,
 }
 
 impl Delivery {
@@ -165,6 +167,17 @@ pub(crate) async fn deliver(shared: Arc<Shared>, delivery: Delivery) -> Result<(
                 attempt = attempt_number,
                 "delivered"
             );
+            // Forwarded records carry the time they were forwarded, so only a delivery that
+            // needed no retry measures the whole way from its event's publication.
+            if current_tier.is_none()
+                && let Some(published) = delivery.published_at
+            {
+                crate::metrics::delivered_after(
+                    SystemTime::now()
+                        .duration_since(published)
+                        .unwrap_or_default(),
+                );
+            }
             None
         }
         Outcome::Retry { wait_at_least } => {
@@ -179,6 +192,7 @@ pub(crate) async fn deliver(shared: Arc<Shared>, delivery: Delivery) -> Result<(
                     let due_at = SystemTime::now() + wait;
                     tracing::debug!(subscription_id, event_id, attempt = attempt_number, tier = %tier.name, "retry scheduled");
                     record.outcome = "retry";
+                    crate::metrics::retry(&tier.name);
                     record.next_tier = Some(&tier.name);
                     record.due_at = Some(herald_core::time::rfc3339(due_at));
                     Some(NextRecord {
@@ -224,6 +238,7 @@ pub(crate) async fn deliver(shared: Arc<Shared>, delivery: Delivery) -> Result<(
             ))
         }
     };
+    crate::metrics::attempt(subscription_id, &result, record.outcome, duration);
 
     let log_write = async {
         let Some(topic) = &shared.attempts_topic else {
@@ -266,22 +281,28 @@ fn log_circuit_change(
 ) {
     let open_for = humantime::format_duration(open_for).to_string();
     match change {
-        CircuitChange::Opened => tracing::warn!(
-            subscription_id,
-            %open_for,
-            last_result,
-            "circuit opened after repeated failures: deliveries go straight to the next retry tier until a probe succeeds"
-        ),
+        CircuitChange::Opened => {
+            crate::metrics::circuit(1);
+            tracing::warn!(
+                subscription_id,
+                %open_for,
+                last_result,
+                "circuit opened after repeated failures: deliveries go straight to the next retry tier until a probe succeeds"
+            );
+        }
         CircuitChange::Reopened => tracing::info!(
             subscription_id,
             %open_for,
             last_result,
             "probe attempt failed: circuit open again"
         ),
-        CircuitChange::Closed => tracing::info!(
-            subscription_id,
-            "circuit closed: the endpoint answers again"
-        ),
+        CircuitChange::Closed => {
+            crate::metrics::circuit(-1);
+            tracing::info!(
+                subscription_id,
+                "circuit closed: the endpoint answers again"
+            );
+        }
     }
 }
 
@@ -289,6 +310,11 @@ fn log_circuit_change(
 /// tier, due after that tier's delay. It is not an attempt: its tier and attempt count stay as
 /// they were, and `herald-parked` counts the parkings since its last attempt.
 async fn park(shared: &Shared, delivery: &Delivery) -> Result<(), SenderError> {
+    crate::metrics::parked(
+        delivery
+            .header(headers::SUBSCRIPTION_ID)
+            .unwrap_or_default(),
+    );
     let Some(tier) = shared.schedule.get(0) else {
         return Err(SenderError::Schedule("no retry tier to park on".to_owned()));
     };
@@ -322,6 +348,12 @@ fn dead_letter_record(
     reason: DeadLetterReason,
     history: &History<'_>,
 ) -> NextRecord {
+    crate::metrics::dead_letter(
+        delivery
+            .header(headers::SUBSCRIPTION_ID)
+            .unwrap_or_default(),
+        reason.as_str(),
+    );
     tracing::warn!(
         subscription_id = delivery.header(headers::SUBSCRIPTION_ID),
         event_id = delivery.header(headers::EVENT_ID),

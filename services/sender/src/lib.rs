@@ -11,6 +11,7 @@ mod deliver;
 mod forwarder;
 mod guard;
 mod limits;
+mod metrics;
 mod outcome;
 mod run;
 #[cfg(test)]

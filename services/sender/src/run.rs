@@ -135,6 +135,11 @@ pub async fn run(
                     key: message.key().map(<[u8]>::to_vec),
                     body: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
                     headers: message.headers().map(|headers| headers.detach()),
+                    published_at: message
+                        .timestamp()
+                        .to_millis()
+                        .and_then(|millis| u64::try_from(millis).ok())
+                        .map(|millis| std::time::UNIX_EPOCH + Duration::from_millis(millis)),
                 };
                 deliver(Arc::clone(&shared), delivery)
             },

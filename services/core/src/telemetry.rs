@@ -1,0 +1,184 @@
+//! Metrics and health: OpenTelemetry instruments recorded by the router and the sender, exposed
+//! as a Prometheus scrape endpoint (`/metrics`) and, when `telemetry.otlp_endpoint` is set,
+//! pushed over OTLP/HTTP. The same listener responds to `/healthz` (the process runs) and
+//! `/readyz` (the subscription table is loaded and Kafka has assigned partitions).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use opentelemetry::KeyValue;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use tokio::net::TcpListener;
+
+use crate::config::TelemetryConfig;
+
+/// The instrumentation scope of every Herald metric.
+pub const METER: &str = "herald";
+
+static READY: AtomicBool = AtomicBool::new(false);
+static SUBSCRIPTION_ATTRIBUTE: OnceLock<bool> = OnceLock::new();
+
+/// Marks the process ready: its subscriptions are loaded and Kafka has assigned it partitions.
+pub fn mark_ready() {
+    READY.store(true, Ordering::Release);
+}
+
+/// Returns whether the process is ready.
+pub fn is_ready() -> bool {
+    READY.load(Ordering::Acquire)
+}
+
+/// Returns the `subscription_id` attribute for per-subscription metrics, or nothing unless
+/// `telemetry.subscription_attribute` is set: there can be many subscriptions, and each value is
+/// a separate time series.
+pub fn subscription_attribute(subscription_id: &str) -> Option<KeyValue> {
+    SUBSCRIPTION_ATTRIBUTE
+        .get()
+        .copied()
+        .unwrap_or(false)
+        .then(|| KeyValue::new("subscription_id", subscription_id.to_owned()))
+}
+
+/// The error that keeps telemetry from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("cannot set up the Prometheus exporter")]
+    Prometheus(#[source] opentelemetry_sdk::error::OTelSdkError),
+    #[error("cannot set up the OTLP exporter for telemetry.otlp_endpoint")]
+    Otlp(#[source] opentelemetry_otlp::ExporterBuildError),
+}
+
+/// The meter provider and the registry the scrape endpoint reads.
+pub struct Telemetry {
+    provider: SdkMeterProvider,
+    registry: prometheus::Registry,
+}
+
+impl Telemetry {
+    /// Installs the global meter provider for `service` (such as `herald-sender`), exporting to
+    /// Prometheus always and over OTLP/HTTP when configured.
+    pub fn init(config: &TelemetryConfig, service: &'static str) -> Result<Self, TelemetryError> {
+        let _ = SUBSCRIPTION_ATTRIBUTE.set(config.subscription_attribute);
+        let registry = prometheus::Registry::new();
+        let prometheus = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .build()
+            .map_err(TelemetryError::Prometheus)?;
+        let resource = Resource::builder().with_service_name(service).build();
+        let mut builder = SdkMeterProvider::builder()
+            .with_resource(resource)
+            .with_reader(prometheus);
+        if let Some(endpoint) = &config.otlp_endpoint {
+            let exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .with_endpoint(format!("{}/v1/metrics", endpoint.trim_end_matches('/')))
+                .build()
+                .map_err(TelemetryError::Otlp)?;
+            builder = builder.with_reader(
+                PeriodicReader::builder(exporter)
+                    .with_interval(Duration::from_millis(config.export_interval_ms))
+                    .build(),
+            );
+        }
+        let provider = builder.build();
+        opentelemetry::global::set_meter_provider(provider.clone());
+        Ok(Self { provider, registry })
+    }
+
+    /// Returns the registry the scrape endpoint encodes.
+    pub fn registry(&self) -> prometheus::Registry {
+        self.registry.clone()
+    }
+
+    /// Pushes what is left to the OTLP endpoint and stops the exporters.
+    pub fn shutdown(&self) {
+        if let Err(error) = self.provider.shutdown() {
+            tracing::warn!(%error, "stopping the metrics exporters failed");
+        }
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    registry: prometheus::Registry,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a telemetry connection failed");
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let registry = registry.clone();
+                async move { Ok::<_, Infallible>(answer(&request, &registry)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn answer(request: &Request<Incoming>, registry: &prometheus::Registry) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match request.uri().path() {
+        "/metrics" => {
+            let mut text = String::new();
+            match prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut text) {
+                Ok(()) => (
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    text,
+                ),
+                Err(error) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain; charset=utf-8",
+                    format!("encoding the metrics failed: {error}\n"),
+                ),
+            }
+        }
+        "/healthz" => (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
+        "/readyz" if is_ready() => (
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "ready\n".into(),
+        ),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            "not ready: loading subscriptions or waiting for Kafka partitions\n".into(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "use /metrics, /healthz or /readyz\n".into(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    response
+}
