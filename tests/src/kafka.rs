@@ -64,6 +64,35 @@ pub async fn publish(topic: &str, records: &[SampleRecord]) -> anyhow::Result<()
     Ok(())
 }
 
+/// Publishes one record with headers, such as a `traceparent` from the publisher's own trace.
+pub async fn publish_with_headers(
+    topic: &str,
+    key: &str,
+    value: &[u8],
+    headers: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap_servers())
+        .create()
+        .context("creating the test producer")?;
+    let mut record_headers = rdkafka::message::OwnedHeaders::new();
+    for (name, value) in headers {
+        record_headers = record_headers.insert(rdkafka::message::Header {
+            key: name,
+            value: Some(*value),
+        });
+    }
+    let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
+        .key(key)
+        .payload(value)
+        .headers(record_headers);
+    producer
+        .send(record, std::time::Duration::from_secs(30))
+        .await
+        .map_err(|(error, _)| anyhow::anyhow!("publishing to {topic} failed: {error}"))?;
+    Ok(())
+}
+
 /// Reads a topic from the beginning until `count` records arrived or `timeout` passed, and
 /// returns what it read.
 pub fn read_topic(

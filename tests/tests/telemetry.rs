@@ -1,7 +1,8 @@
-//! Metrics and health on the real broker: after a short run, the router's and the sender's
-//! Prometheus endpoints report what happened (events by outcome, deliveries, fan-out, attempts by
-//! outcome and status class, attempt time, latency, dead letters, subscriptions), and `/readyz`
-//! and `/healthz` respond.
+//! Metrics, traces and health on the real broker. After a short run, the router's and the
+//! sender's Prometheus endpoints report what happened: events by outcome, deliveries, fan-out,
+//! attempts by outcome and status class, attempt time, latency, dead letters and subscriptions.
+//! `/readyz` and `/healthz` respond. With an OTLP collector on loopback, one trace follows an
+//! event from its publisher's `traceparent` through router and sender to the webhook request.
 
 use std::time::Duration;
 
@@ -157,6 +158,167 @@ async fn services_export_metrics_and_health() -> anyhow::Result<()> {
     );
     router.check_running()?;
     sender.check_running()?;
+    remove_folder(&scenario.folder);
+    Ok(())
+}
+
+/// The bodies an OTLP/HTTP collector on loopback received, by path.
+type Collected = std::sync::Arc<std::sync::Mutex<Vec<(String, bytes::Bytes)>>>;
+
+/// Starts a stand-in OTLP/HTTP collector that keeps every request body and responds with 200.
+async fn start_collector() -> anyhow::Result<(std::net::SocketAddr, Collected)> {
+    use http_body_util::BodyExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let received: Collected = Default::default();
+    let stored = std::sync::Arc::clone(&received);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let stored = std::sync::Arc::clone(&stored);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let stored = std::sync::Arc::clone(&stored);
+                        async move {
+                            let path = request.uri().path().to_owned();
+                            let body = request
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|collected| collected.to_bytes())
+                                .unwrap_or_default();
+                            if let Ok(mut stored) = stored.lock() {
+                                stored.push((path, body));
+                            }
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::new()),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok((address, received))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_follows_an_event_to_its_endpoint() -> anyhow::Result<()> {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+
+    const TRACE_ID: &str = "5b8efff798038103d269b633813fc60c";
+    const PUBLISHER_SPAN: &str = "eee19b7ec3c1b174";
+    let scenario = Scenario::new("trace", &[("ledger", &["payment.*"])]).await?;
+    let ledger = scenario.endpoint("ledger");
+    let (collector, received) = start_collector().await?;
+    let endpoint = format!("http://{collector}");
+    let environment = [
+        ("HERALD__TELEMETRY__OTLP_ENDPOINT", endpoint.as_str()),
+        ("HERALD__TELEMETRY__EXPORT_INTERVAL_MS", "500"),
+    ];
+    let router = scenario.start_with("router", &environment)?;
+    let sender = scenario.start_with("sender", &environment)?;
+    let event = serde_json::json!({
+        "eventId": "evt_traced_1",
+        "eventType": "payment.settled",
+        "data": {"amount": "10.00"},
+    });
+    let traceparent = format!("00-{TRACE_ID}-{PUBLISHER_SPAN}-01");
+    herald_tests::kafka::publish_with_headers(
+        &scenario.topics.domain,
+        "CUST_1",
+        event.to_string().as_bytes(),
+        &[("traceparent", traceparent.as_str())],
+    )
+    .await?;
+    wait::until("the traced event arrived", TIMEOUT, || {
+        ledger.verified() >= 1
+    })
+    .await?;
+    let request = ledger.receiver.requests().remove(0);
+    let sent_traceparent = request.headers["traceparent"].to_str()?.to_owned();
+    let parts: Vec<&str> = sent_traceparent.split('-').collect();
+    assert_eq!(
+        parts[1], TRACE_ID,
+        "the webhook continues the publisher's trace"
+    );
+    let sender_span_in_header = parts[2].to_owned();
+
+    // Stopping flushes the spans still batched.
+    let mut router = router;
+    let mut sender = sender;
+    assert!(router.terminate(Duration::from_secs(30))?);
+    assert!(sender.terminate(Duration::from_secs(30))?);
+
+    let bodies = received
+        .lock()
+        .map(|stored| stored.clone())
+        .unwrap_or_default();
+    let mut spans = Vec::new();
+    let mut metric_names = std::collections::BTreeSet::new();
+    for (path, body) in &bodies {
+        match path.as_str() {
+            "/v1/traces" => {
+                let request = ExportTraceServiceRequest::decode(body.as_ref())?;
+                for resource in request.resource_spans {
+                    for scope in resource.scope_spans {
+                        spans.extend(scope.spans);
+                    }
+                }
+            }
+            "/v1/metrics" => {
+                let request = ExportMetricsServiceRequest::decode(body.as_ref())?;
+                for resource in request.resource_metrics {
+                    for scope in resource.scope_metrics {
+                        metric_names.extend(scope.metrics.into_iter().map(|metric| metric.name));
+                    }
+                }
+            }
+            other => panic!("unexpected OTLP path {other}"),
+        }
+    }
+    let in_trace: Vec<_> = spans
+        .iter()
+        .filter(|span| hex(&span.trace_id) == TRACE_ID)
+        .collect();
+    let routing = in_trace
+        .iter()
+        .find(|span| span.name.starts_with("process "))
+        .ok_or_else(|| anyhow::anyhow!("no routing span among {} spans", spans.len()))?;
+    assert_eq!(hex(&routing.parent_span_id), PUBLISHER_SPAN);
+    let attempt = in_trace
+        .iter()
+        .find(|span| span.name == "POST")
+        .ok_or_else(|| anyhow::anyhow!("no attempt span"))?;
+    assert_eq!(hex(&attempt.parent_span_id), hex(&routing.span_id));
+    assert_eq!(hex(&attempt.span_id), sender_span_in_header);
+    assert!(
+        attempt
+            .attributes
+            .iter()
+            .any(|attribute| attribute.key == "http.response.status_code"),
+        "the attempt span records the status"
+    );
+    for name in [
+        "herald.router.events",
+        "herald.sender.attempts",
+        "herald.sender.delivery.latency",
+    ] {
+        assert!(
+            metric_names.contains(name),
+            "{name} not pushed: {metric_names:?}"
+        );
+    }
     remove_folder(&scenario.folder);
     Ok(())
 }

@@ -384,6 +384,9 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
     /// How often metrics are pushed over OTLP, in milliseconds.
     pub export_interval_ms: u64,
+    /// The share of new traces recorded, from 0 to 1; a trace the publisher sampled is always
+    /// continued.
+    pub trace_sample_ratio: f64,
     /// Add `subscription_id` to per-subscription metrics. Each subscription is then its own time
     /// series, so turn it on only for a bounded number of subscriptions.
     pub subscription_attribute: bool,
@@ -395,6 +398,7 @@ impl Default for TelemetryConfig {
             listen: None,
             otlp_endpoint: None,
             export_interval_ms: 60_000,
+            trace_sample_ratio: 1.0,
             subscription_attribute: false,
         }
     }
@@ -782,6 +786,9 @@ impl HeraldConfig {
                 "telemetry.otlp_endpoint",
                 "must be an http:// or https:// URL, such as http://collector:4318",
             );
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.trace_sample_ratio) {
+            problems.add("telemetry.trace_sample_ratio", "must be from 0 to 1");
         }
         require_positive(
             &mut problems,

@@ -19,3 +19,4 @@ pub mod subscription;
 pub mod telemetry;
 pub mod time;
 pub mod topics;
+pub mod traces;

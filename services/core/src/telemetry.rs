@@ -1,6 +1,6 @@
-//! Metrics and health: OpenTelemetry instruments recorded by the router and the sender, exposed
-//! as a Prometheus scrape endpoint (`/metrics`) and, when `telemetry.otlp_endpoint` is set,
-//! pushed over OTLP/HTTP. The same listener responds to `/healthz` (the process runs) and
+//! Metrics, traces and health: OpenTelemetry instruments recorded by the router and the sender,
+//! exposed as a Prometheus scrape endpoint (`/metrics`) and, when `telemetry.otlp_endpoint` is
+//! set, pushed with the spans over OTLP/HTTP. The same listener responds to `/healthz` (the process runs) and
 //! `/readyz` (the subscription table is loaded and Kafka has assigned partitions).
 
 use std::convert::Infallible;
@@ -19,6 +19,7 @@ use opentelemetry::KeyValue;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tokio::net::TcpListener;
 
 use crate::config::TelemetryConfig;
@@ -59,9 +60,10 @@ pub enum TelemetryError {
     Otlp(#[source] opentelemetry_otlp::ExporterBuildError),
 }
 
-/// The meter provider and the registry the scrape endpoint reads.
+/// The meter and tracer providers, and the registry the scrape endpoint reads.
 pub struct Telemetry {
     provider: SdkMeterProvider,
+    tracer_provider: Option<SdkTracerProvider>,
     registry: prometheus::Registry,
 }
 
@@ -93,7 +95,32 @@ impl Telemetry {
         }
         let provider = builder.build();
         opentelemetry::global::set_meter_provider(provider.clone());
-        Ok(Self { provider, registry })
+
+        let tracer_provider = match &config.otlp_endpoint {
+            Some(endpoint) => {
+                let exporter = opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+                    .build()
+                    .map_err(TelemetryError::Otlp)?;
+                let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                    config.trace_sample_ratio,
+                )));
+                let tracer_provider = SdkTracerProvider::builder()
+                    .with_resource(Resource::builder().with_service_name(service).build())
+                    .with_sampler(sampler)
+                    .with_batch_exporter(exporter)
+                    .build();
+                opentelemetry::global::set_tracer_provider(tracer_provider.clone());
+                Some(tracer_provider)
+            }
+            None => None,
+        };
+        Ok(Self {
+            provider,
+            tracer_provider,
+            registry,
+        })
     }
 
     /// Returns the registry the scrape endpoint encodes.
@@ -103,6 +130,11 @@ impl Telemetry {
 
     /// Pushes what is left to the OTLP endpoint and stops the exporters.
     pub fn shutdown(&self) {
+        if let Some(tracer_provider) = &self.tracer_provider
+            && let Err(error) = tracer_provider.shutdown()
+        {
+            tracing::warn!(%error, "stopping the span exporter failed");
+        }
         if let Err(error) = self.provider.shutdown() {
             tracing::warn!(%error, "stopping the metrics exporters failed");
         }

@@ -8,10 +8,15 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
+use rdkafka::message::{Header, OwnedHeaders};
+
 use herald_core::config::HeraldConfig;
 use herald_core::kafka;
 use herald_core::registry::Subscriptions;
 use herald_core::stage::{StageError, StageSettings, run_stage};
+use herald_core::{headers, traces};
 
 use crate::route::{RoutedRecord, route};
 
@@ -84,8 +89,17 @@ pub async fn run(
     let produce_timeout = Duration::from_millis(config.kafka.produce_timeout_ms);
 
     let result = run_stage(&consumer, &settings, shutdown, |message| {
-        let routed = route(message, &subscriptions.current(), max_event_bytes);
+        let context = event_span(message);
+        let mut routed = route(message, &subscriptions.current(), max_event_bytes);
+        carry_trace_context(&mut routed, &context);
         crate::metrics::record(&routed);
+        context.span().set_attribute(KeyValue::new(
+            "herald.deliveries",
+            routed
+                .iter()
+                .filter(|record| matches!(record, RoutedRecord::Delivery { .. }))
+                .count() as i64,
+        ));
         let acknowledgements = enqueue_routed(
             &producer,
             message,
@@ -93,10 +107,72 @@ pub async fn run(
             (&deliveries_topic, &rejected_topic),
             produce_timeout,
         );
-        await_acknowledgements(acknowledgements)
+        async move {
+            let result = await_acknowledgements(acknowledgements).await;
+            if let Err(error) = &result {
+                context.span().set_status(Status::error(error.to_string()));
+            }
+            context.span().end();
+            result
+        }
     })
     .await;
     result.map_err(|error| RouterError::Stage(Box::new(error)))
+}
+
+/// Starts the span of routing one event, a child of the publisher's trace when the record carries
+/// a `traceparent`, with the messaging attributes of the OpenTelemetry conventions.
+fn event_span(message: &BorrowedMessage<'_>) -> Context {
+    let parent = traces::extract(
+        headers::find(message.headers(), headers::TRACEPARENT),
+        headers::find(message.headers(), headers::TRACESTATE),
+    );
+    let tracer = traces::tracer();
+    let span = tracer
+        .span_builder(format!("process {}", message.topic()))
+        .with_kind(SpanKind::Consumer)
+        .with_attributes([
+            KeyValue::new("messaging.system", "kafka"),
+            KeyValue::new("messaging.operation.type", "process"),
+            KeyValue::new("messaging.destination.name", message.topic().to_owned()),
+            KeyValue::new(
+                "messaging.destination.partition.id",
+                message.partition().to_string(),
+            ),
+            KeyValue::new("messaging.kafka.offset", message.offset()),
+            KeyValue::new("messaging.consumer.group.name", "router"),
+        ])
+        .start_with_context(&tracer, &parent);
+    parent.with_span(span)
+}
+
+/// Replaces the trace headers copied from the event with the routing span's, so the sender's
+/// spans become its children.
+fn carry_trace_context(routed: &mut [RoutedRecord], context: &Context) {
+    let trace_headers = traces::inject(context);
+    if trace_headers.is_empty() {
+        return;
+    }
+    for record in routed {
+        if let RoutedRecord::Delivery {
+            headers: delivery_headers,
+            ..
+        } = record
+        {
+            let mut replaced = headers::copy_except(
+                Some(&*delivery_headers),
+                OwnedHeaders::new(),
+                &headers::CARRIED_FROM_EVENT,
+            );
+            for (name, value) in &trace_headers {
+                replaced = replaced.insert(Header {
+                    key: name,
+                    value: Some(value.as_str()),
+                });
+            }
+            *delivery_headers = replaced;
+        }
+    }
 }
 
 type Pending = (String, DeliveryFuture);

@@ -9,14 +9,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use herald_core::headers;
 use herald_core::registry::Subscriptions;
 use herald_core::retry::RetrySchedule;
+use herald_core::subscription::Subscription;
+use herald_core::{headers, traces};
 
-use crate::attempt::{AttemptError, AttemptInput, attempt};
+use crate::attempt::{AttemptError, AttemptInput, AttemptResult, attempt};
 use crate::attempt_log::AttemptRecord;
 use crate::client::WebhookClient;
 use crate::dead_letter::{self, History};
@@ -117,13 +120,22 @@ pub(crate) async fn deliver(shared: Arc<Shared>, delivery: Delivery) -> Result<(
     let started = Instant::now();
     let result = match pass {
         Some(pass) => {
+            let context = attempt_span(&delivery, subscription, attempt_number);
+            let trace_headers = traces::inject(&context);
+            let trace_header = |name: &str| {
+                trace_headers
+                    .iter()
+                    .find(|(header, _)| *header == name)
+                    .map(|(_, value)| value.as_str())
+            };
             let input = AttemptInput {
                 webhook_id: event_id,
                 body: delivery.body.clone(),
-                traceparent: delivery.header(headers::TRACEPARENT),
-                tracestate: delivery.header(headers::TRACESTATE),
+                traceparent: trace_header(headers::TRACEPARENT),
+                tracestate: trace_header(headers::TRACESTATE),
             };
             let result = attempt(&shared.client, subscription, input).await;
+            end_attempt_span(&context, &result);
             let health = match &result {
                 Ok(response) if response.status.is_success() => Health::Healthy,
                 Ok(response) if response.status == http::StatusCode::TOO_MANY_REQUESTS => {
@@ -269,6 +281,77 @@ pub(crate) async fn deliver(shared: Arc<Shared>, delivery: Delivery) -> Result<(
     };
     tokio::try_join!(log_write, next_write)?;
     Ok(())
+}
+
+/// Starts the span of one attempt, a child of the routing span whose context the delivery
+/// carries, with the HTTP client attributes of the OpenTelemetry conventions. The URL is given
+/// without its query string, which may hold a token.
+fn attempt_span(delivery: &Delivery, subscription: &Subscription, attempt_number: u32) -> Context {
+    let parent = traces::extract(
+        delivery.header(headers::TRACEPARENT),
+        delivery.header(headers::TRACESTATE),
+    );
+    let url = &subscription.url;
+    let tracer = traces::tracer();
+    let span = tracer
+        .span_builder("POST")
+        .with_kind(SpanKind::Client)
+        .with_attributes([
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("server.address", url.host().unwrap_or_default().to_owned()),
+            KeyValue::new(
+                "server.port",
+                i64::from(url.port_u16().unwrap_or(match url.scheme_str() {
+                    Some("http") => 80,
+                    _ => 443,
+                })),
+            ),
+            KeyValue::new(
+                "url.full",
+                format!(
+                    "{}://{}{}",
+                    url.scheme_str().unwrap_or("https"),
+                    url.authority().map(|a| a.as_str()).unwrap_or_default(),
+                    url.path()
+                ),
+            ),
+            KeyValue::new("http.request.resend_count", i64::from(attempt_number) - 1),
+            KeyValue::new("herald.subscription.id", subscription.id.clone()),
+            KeyValue::new(
+                "messaging.message.id",
+                delivery
+                    .header(headers::EVENT_ID)
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+        ])
+        .start_with_context(&tracer, &parent);
+    parent.with_span(span)
+}
+
+/// Records an attempt's status or error on its span and ends it.
+fn end_attempt_span(context: &Context, result: &AttemptResult) {
+    let span = context.span();
+    match result {
+        Ok(response) => {
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(response.status.as_u16()),
+            ));
+            if !response.status.is_success() {
+                span.set_attribute(KeyValue::new(
+                    "error.type",
+                    response.status.as_u16().to_string(),
+                ));
+                span.set_status(Status::error(format!("status {}", response.status)));
+            }
+        }
+        Err(error) => {
+            span.set_attribute(KeyValue::new("error.type", error.class()));
+            span.set_status(Status::error(error.to_string()));
+        }
+    }
+    span.end();
 }
 
 /// Logs a change of a subscription's circuit, with the result of the attempt that caused it, so
