@@ -156,9 +156,64 @@ async fn services_export_metrics_and_health() -> anyhow::Result<()> {
         !sender_metrics.contains("subscription_id="),
         "subscription ids are off by default"
     );
+    check_dashboards(&format!("{router_metrics}{sender_metrics}"))?;
     router.check_running()?;
     sender.check_running()?;
     remove_folder(&scenario.folder);
+    Ok(())
+}
+
+/// Checks that the dashboards and alert rules in `deploy/dashboards/` parse and query only
+/// metrics that the services export, as `exported` (a scrape of both) lists them.
+fn check_dashboards(exported: &str) -> anyhow::Result<()> {
+    let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/dashboards");
+    let families: std::collections::BTreeSet<&str> = exported
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    let mut queries = Vec::new();
+    for entry in std::fs::read_dir(folder)? {
+        let path = entry?.path();
+        let text = std::fs::read_to_string(&path)?;
+        match path.extension().and_then(|extension| extension.to_str()) {
+            Some("json") => {
+                let dashboard: serde_json::Value = serde_json::from_str(&text)?;
+                let panels = dashboard["panels"].as_array().cloned().unwrap_or_default();
+                anyhow::ensure!(!panels.is_empty(), "{} has no panels", path.display());
+                for panel in panels {
+                    for target in panel["targets"].as_array().cloned().unwrap_or_default() {
+                        queries.push(target["expr"].as_str().unwrap_or_default().to_owned());
+                    }
+                }
+            }
+            Some("yaml") => {
+                // Each rule's expression is on one `expr:` line.
+                queries.extend(
+                    text.lines()
+                        .filter_map(|line| line.trim().strip_prefix("expr:"))
+                        .map(str::to_owned),
+                );
+            }
+            _ => {}
+        }
+    }
+    anyhow::ensure!(queries.len() >= 10, "too few queries found: {queries:?}");
+    for query in &queries {
+        for word in query.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !word.starts_with("herald_") {
+                continue;
+            }
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| word.strip_suffix(suffix))
+                .unwrap_or(word);
+            anyhow::ensure!(
+                families.contains(family),
+                "{query} uses {word}, which Herald does not export; exported: {families:?}"
+            );
+        }
+    }
     Ok(())
 }
 

@@ -35,6 +35,14 @@ static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
     }
 });
 
+/// Creates every instrument with a zero, so dashboards and alerts find each series from the
+/// start rather than after its first event.
+pub fn register() {
+    let instruments = &*INSTRUMENTS;
+    instruments.events.add(0, &[]);
+    instruments.deliveries.add(0, &[]);
+}
+
 /// Records what routing one event produced: deliveries, a rejection (with its kind), or
 /// nothing when no subscription wants it.
 pub fn record(routed: &[RoutedRecord]) {

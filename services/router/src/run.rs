@@ -70,6 +70,7 @@ pub async fn run(
         })?;
     let producer = kafka::producer(&config.kafka).map_err(RouterError::Producer)?;
 
+    crate::metrics::register();
     tracing::info!(
         bootstrap_servers = %config.kafka.bootstrap_servers,
         source_topics = ?topics,

@@ -71,6 +71,17 @@ static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
     }
 });
 
+/// Creates every instrument with a zero, so dashboards and alerts find each series from the
+/// start rather than after its first event.
+pub fn register() {
+    let instruments = &*INSTRUMENTS;
+    instruments.attempts.add(0, &[]);
+    instruments.retries.add(0, &[]);
+    instruments.dead_letters.add(0, &[]);
+    instruments.parked.add(0, &[]);
+    instruments.open_circuits.add(0, &[]);
+}
+
 /// Returns `2xx` to `5xx` for a response, or the error class for an attempt without one.
 fn status_class(result: &AttemptResult) -> String {
     match result {

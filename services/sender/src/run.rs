@@ -87,6 +87,7 @@ pub async fn run(
     let forwarder_consumer = consumer(config, &config.retry.forwarder_group_id, &tier_topics)?;
     let producer = kafka::producer(&config.kafka).map_err(SenderError::Producer)?;
 
+    crate::metrics::register();
     let shared = Arc::new(Shared {
         subscriptions,
         client: webhook_client(config)?,
