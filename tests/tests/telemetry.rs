@@ -156,7 +156,27 @@ async fn services_export_metrics_and_health() -> anyhow::Result<()> {
         !sender_metrics.contains("subscription_id="),
         "subscription ids are off by default"
     );
-    check_dashboards(&format!("{router_metrics}{sender_metrics}"))?;
+
+    // librdkafka reports lag every 5 s; once reported, the router has read everything.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let lag_metrics = loop {
+        let (_, metrics) = get(&router_address, "/metrics").await?;
+        if metrics.contains("herald_consumer_lag{") || tokio::time::Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let domain_lag = sample_sum(
+        &lag_metrics,
+        "herald_consumer_lag",
+        &[("messaging_destination_name", &scenario.topics.domain)],
+    );
+    assert!(
+        lag_metrics.contains("herald_consumer_lag{"),
+        "no lag reported: {lag_metrics}"
+    );
+    assert_eq!(domain_lag, 0.0, "{lag_metrics}");
+    check_dashboards(&format!("{lag_metrics}{sender_metrics}"))?;
     router.check_running()?;
     sender.check_running()?;
     remove_folder(&scenario.folder);

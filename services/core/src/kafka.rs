@@ -19,6 +19,8 @@ const CONSUMER_QUEUE_KILOBYTES: &str = "16384";
 /// default of 500 gave a p99 of about 300 ms at a moderate, steady load (loadtest/README.md).
 /// The cost is up to 20 fetches a second from an idle consumer.
 const CONSUMER_FETCH_WAIT_MS: &str = "50";
+/// How often librdkafka reports statistics, lag included, in milliseconds.
+const CONSUMER_STATISTICS_MS: &str = "5000";
 /// How long a producer waits to fill a batch, in milliseconds.
 const PRODUCER_LINGER_MS: &str = "5";
 /// How much unacknowledged data a producer may buffer, in kilobytes; a full buffer makes the
@@ -54,7 +56,9 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("queued.max.messages.kbytes", CONSUMER_QUEUE_KILOBYTES)
-        .set("fetch.wait.max.ms", CONSUMER_FETCH_WAIT_MS);
+        .set("fetch.wait.max.ms", CONSUMER_FETCH_WAIT_MS)
+        // Statistics carry each partition's lag, which the herald.consumer.lag gauge reports.
+        .set("statistics.interval.ms", CONSUMER_STATISTICS_MS);
     if let Some(name) = &kafka.group_instance_id {
         config.set("group.instance.id", name);
     }
@@ -211,7 +215,24 @@ impl GenerationContext {
     }
 }
 
-impl ClientContext for GenerationContext {}
+impl ClientContext for GenerationContext {
+    /// Keeps each assigned partition's consumer lag for the `herald.consumer.lag` gauge.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, details) in &statistics.topics {
+            for (partition, state) in &details.partitions {
+                // Partition -1 is librdkafka's own, and lag is -1 where it is not known yet.
+                if *partition >= 0 && state.fetch_state == "active" && state.consumer_lag >= 0 {
+                    crate::telemetry::record_lag(
+                        &self.group_id,
+                        topic,
+                        *partition,
+                        state.consumer_lag,
+                    );
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for GenerationContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -220,6 +241,9 @@ impl ConsumerContext for GenerationContext {
         if let Rebalance::Revoke(partitions) = rebalance {
             let lost = consumer.assignment_lost();
             tracing::info!(group_id = %self.group_id, partitions = partitions.count(), lost, "partitions revoked");
+            for element in partitions.elements() {
+                crate::telemetry::forget_lag(&self.group_id, element.topic(), element.partition());
+            }
             if let Some(handler) = self.on_revoke.get() {
                 let revoked: Vec<TopicPartition> = partitions
                     .elements()

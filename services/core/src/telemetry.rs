@@ -3,10 +3,11 @@
 //! set, pushed with the spans over OTLP/HTTP. The same listener responds to `/healthz` (the process runs) and
 //! `/readyz` (the subscription table is loaded and Kafka has assigned partitions).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,6 +29,24 @@ use crate::config::TelemetryConfig;
 pub const METER: &str = "herald";
 
 static READY: AtomicBool = AtomicBool::new(false);
+/// A partition of a consumer group: group, topic and partition number.
+type GroupPartition = (String, String, i32);
+/// The latest consumer lag of each assigned partition.
+static LAG: LazyLock<Mutex<HashMap<GroupPartition, i64>>> = LazyLock::new(Default::default);
+
+/// Forgets the lag of a partition this process no longer consumes.
+pub fn forget_lag(group: &str, topic: &str, partition: i32) {
+    LAG.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .remove(&(group.to_owned(), topic.to_owned(), partition));
+}
+
+/// Records the consumer lag of one partition, from librdkafka's statistics.
+pub fn record_lag(group: &str, topic: &str, partition: i32, lag: i64) {
+    LAG.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert((group.to_owned(), topic.to_owned(), partition), lag);
+}
 static SUBSCRIPTION_ATTRIBUTE: OnceLock<bool> = OnceLock::new();
 
 /// Marks the process ready: its subscriptions are loaded and Kafka has assigned it partitions.
@@ -95,6 +114,28 @@ impl Telemetry {
         }
         let provider = builder.build();
         opentelemetry::global::set_meter_provider(provider.clone());
+        // The callback stays registered with the provider once the gauge is built.
+        let _ = opentelemetry::global::meter(METER)
+            .i64_observable_gauge("herald.consumer.lag")
+            .with_unit("{record}")
+            .with_description("Records not yet read, per consumer group, topic and partition")
+            .with_callback(|observer| {
+                let lag = LAG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                for ((group, topic, partition), records) in lag.iter() {
+                    observer.observe(
+                        *records,
+                        &[
+                            KeyValue::new("messaging.consumer.group.name", group.clone()),
+                            KeyValue::new("messaging.destination.name", topic.clone()),
+                            KeyValue::new(
+                                "messaging.destination.partition.id",
+                                partition.to_string(),
+                            ),
+                        ],
+                    );
+                }
+            })
+            .build();
 
         let tracer_provider = match &config.otlp_endpoint {
             Some(endpoint) => {
