@@ -153,6 +153,18 @@ async fn services_export_metrics_and_health() -> anyhow::Result<()> {
     );
     assert!(sender_metrics.contains("# TYPE herald_sender_attempt_duration_seconds histogram"));
     assert!(
+        sample_sum(
+            &sender_metrics,
+            "http_client_request_duration_seconds_count",
+            &[("http_request_method", "POST")]
+        ) >= 2.0 * EVENTS as f64,
+        "{sender_metrics}"
+    );
+    assert!(
+        router_metrics.contains("herald_in_flight{"),
+        "{router_metrics}"
+    );
+    assert!(
         !sender_metrics.contains("subscription_id="),
         "subscription ids are off by default"
     );

@@ -22,6 +22,7 @@ use std::future::Future;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use opentelemetry::KeyValue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
@@ -396,6 +397,17 @@ where
     let context = consumer.context().clone();
     let window = Arc::new(Window::<E>::new(settings));
     context.on_revoke(Arc::clone(&window) as Arc<dyn RevokeHandler>);
+    let observed = Arc::clone(&window);
+    // The callback stays registered with the meter provider once the gauge is built.
+    let _ = opentelemetry::global::meter(crate::telemetry::METER)
+        .u64_observable_gauge("herald.in_flight")
+        .with_unit("{record}")
+        .with_description("Records taken from Kafka and not yet finished, by stage")
+        .with_callback(move |observer| {
+            let in_flight = observed.lock().tracker.in_flight() as u64;
+            observer.observe(in_flight, &[KeyValue::new("stage", observed.name)]);
+        })
+        .build();
     let mut flow = Flow::default();
     // Set while the loop has stopped taking records because a window is full.
     let mut stall: Option<Stall> = None;

@@ -9,9 +9,10 @@ use opentelemetry::metrics::{Counter, Histogram, UpDownCounter};
 
 use herald_core::telemetry::subscription_attribute;
 
-use crate::attempt::AttemptResult;
+use crate::attempt::{AttemptError, AttemptResult};
 
 struct Instruments {
+    http_duration: Histogram<f64>,
     attempts: Counter<u64>,
     attempt_duration: Histogram<f64>,
     latency: Histogram<f64>,
@@ -29,6 +30,12 @@ const SECONDS: [f64; 14] = [
 static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
     let meter = opentelemetry::global::meter(herald_core::telemetry::METER);
     Instruments {
+        http_duration: meter
+            .f64_histogram("http.client.request.duration")
+            .with_unit("s")
+            .with_description("Duration of webhook requests, by the HTTP semantic conventions")
+            .with_boundaries(SECONDS.to_vec())
+            .build(),
         attempts: meter
             .u64_counter("herald.sender.attempts")
             .with_unit("{attempt}")
@@ -111,6 +118,22 @@ pub fn attempt(
         subscription_id,
     );
     instruments.attempts.add(1, &attributes);
+    // Only attempts that made a request count as HTTP client requests.
+    let request_made = !matches!(
+        result,
+        Err(AttemptError::CircuitOpen | AttemptError::BlockedAddress(_))
+    );
+    if request_made {
+        let mut http = vec![KeyValue::new("http.request.method", "POST")];
+        match result {
+            Ok(response) => http.push(KeyValue::new(
+                "http.response.status_code",
+                i64::from(response.status.as_u16()),
+            )),
+            Err(error) => http.push(KeyValue::new("error.type", error.class())),
+        }
+        instruments.http_duration.record(took.as_secs_f64(), &http);
+    }
     instruments.attempt_duration.record(
         took.as_secs_f64(),
         &with_subscription(vec![KeyValue::new("outcome", outcome)], subscription_id),
