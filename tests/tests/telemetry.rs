@@ -312,6 +312,8 @@ async fn one_trace_follows_an_event_to_its_endpoint() -> anyhow::Result<()> {
     let environment = [
         ("HERALD__TELEMETRY__OTLP_ENDPOINT", endpoint.as_str()),
         ("HERALD__TELEMETRY__EXPORT_INTERVAL_MS", "500"),
+        // The sender logs each delivery at debug level, inside the span that names its trace.
+        ("RUST_LOG", "info,herald_sender=debug"),
     ];
     let router = scenario.start_with("router", &environment)?;
     let sender = scenario.start_with("sender", &environment)?;
@@ -340,6 +342,13 @@ async fn one_trace_follows_an_event_to_its_endpoint() -> anyhow::Result<()> {
         "the webhook continues the publisher's trace"
     );
     let sender_span_in_header = parts[2].to_owned();
+
+    wait::until(
+        "the sender logged the delivery with its trace id",
+        TIMEOUT,
+        || sender.log_contains(TRACE_ID),
+    )
+    .await?;
 
     // Stopping flushes the spans still batched.
     let mut router = router;

@@ -47,6 +47,23 @@ pub fn inject(context: &Context) -> Vec<(&'static str, String)> {
         .collect()
 }
 
+/// Returns a `tracing` span carrying the trace and span ids of `context`, so every log line
+/// written inside it names the trace; a span without ids when the context has none.
+pub fn log_span(context: &Context) -> tracing::Span {
+    use opentelemetry::trace::TraceContextExt;
+
+    let span = context.span();
+    let span_context = span.span_context();
+    if !span_context.is_valid() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "trace",
+        trace_id = %span_context.trace_id(),
+        span_id = %span_context.span_id()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

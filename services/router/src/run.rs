@@ -11,6 +11,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use rdkafka::message::{Header, OwnedHeaders};
+use tracing::Instrument;
 
 use herald_core::config::HeraldConfig;
 use herald_core::kafka;
@@ -91,6 +92,8 @@ pub async fn run(
 
     let result = run_stage(&consumer, &settings, shutdown, |message| {
         let context = event_span(message);
+        let log_span = traces::log_span(&context);
+        let entered = log_span.enter();
         let mut routed = route(message, &subscriptions.current(), max_event_bytes);
         carry_trace_context(&mut routed, &context);
         crate::metrics::record(&routed);
@@ -108,6 +111,7 @@ pub async fn run(
             (&deliveries_topic, &rejected_topic),
             produce_timeout,
         );
+        drop(entered);
         async move {
             let result = await_acknowledgements(acknowledgements).await;
             if let Err(error) = &result {
@@ -116,6 +120,7 @@ pub async fn run(
             context.span().end();
             result
         }
+        .instrument(log_span)
     })
     .await;
     result.map_err(|error| RouterError::Stage(Box::new(error)))

@@ -10,12 +10,14 @@ use rdkafka::Message;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaError;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use herald_core::address::AddressGuard;
 use herald_core::config::HeraldConfig;
 use herald_core::kafka::{self, GenerationContext};
 use herald_core::registry::Subscriptions;
 use herald_core::stage::{StageError, StageSettings, run_stage};
+use herald_core::{headers, traces};
 
 use crate::client::{ClientSettings, WebhookClient, read_ca_file};
 use crate::deliver::{Delivery, Shared, deliver};
@@ -132,6 +134,11 @@ pub async fn run(
             &settings,
             stopped(stop_receiver.clone()),
             |message| {
+                // Log lines about this delivery name the trace it belongs to.
+                let log_span = traces::log_span(&traces::extract(
+                    headers::find(message.headers(), headers::TRACEPARENT),
+                    headers::find(message.headers(), headers::TRACESTATE),
+                ));
                 let delivery = Delivery {
                     key: message.key().map(<[u8]>::to_vec),
                     body: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
@@ -142,7 +149,7 @@ pub async fn run(
                         .and_then(|millis| u64::try_from(millis).ok())
                         .map(|millis| std::time::UNIX_EPOCH + Duration::from_millis(millis)),
                 };
-                deliver(Arc::clone(&shared), delivery)
+                deliver(Arc::clone(&shared), delivery).instrument(log_span)
             },
         )
         .await
