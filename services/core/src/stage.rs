@@ -286,6 +286,8 @@ struct Flow {
     partitions: HashSet<TopicPartition>,
     /// Everything paused because the stage's window is full.
     all: bool,
+    /// How many partitions are paused now, for the `herald.partitions.paused` gauge.
+    paused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Flow {
@@ -297,6 +299,18 @@ impl Flow {
         if self.partitions.insert(partition.clone()) && !self.all {
             apply(consumer, std::slice::from_ref(partition), true);
         }
+        self.count_paused(consumer);
+    }
+
+    /// Updates the number of paused partitions that the gauge reports.
+    fn count_paused(&self, consumer: &StreamConsumer<GenerationContext>) {
+        let paused = if self.all {
+            assigned(consumer).len()
+        } else {
+            self.partitions.len()
+        };
+        self.paused
+            .store(paused as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn pause_all(&mut self, consumer: &StreamConsumer<GenerationContext>, name: &'static str) {
@@ -309,6 +323,7 @@ impl Flow {
             "in-flight window full: every partition paused"
         );
         apply(consumer, &assigned(consumer), true);
+        self.count_paused(consumer);
     }
 
     /// Resumes what dropped to three quarters of its limit.
@@ -347,6 +362,7 @@ impl Flow {
         } else if !self.all && !relieved.is_empty() {
             apply(consumer, &relieved, false);
         }
+        self.count_paused(consumer);
     }
 }
 
@@ -409,6 +425,19 @@ where
         })
         .build();
     let mut flow = Flow::default();
+    let paused = Arc::clone(&flow.paused);
+    let stage_name = settings.name;
+    let _ = opentelemetry::global::meter(crate::telemetry::METER)
+        .u64_observable_gauge("herald.partitions.paused")
+        .with_unit("{partition}")
+        .with_description("Partitions paused because their work reached the in-flight limits")
+        .with_callback(move |observer| {
+            observer.observe(
+                paused.load(std::sync::atomic::Ordering::Relaxed),
+                &[KeyValue::new("stage", stage_name)],
+            );
+        })
+        .build();
     // Set while the loop has stopped taking records because a window is full.
     let mut stall: Option<Stall> = None;
     let mut relieve_tick = tokio::time::interval(RELIEVE_INTERVAL);
