@@ -19,6 +19,8 @@ const CONSUMER_QUEUE_KILOBYTES: &str = "16384";
 /// default of 500 gave a p99 of about 300 ms at a moderate, steady load (loadtest/README.md).
 /// The cost is up to 20 fetches a second from an idle consumer.
 const CONSUMER_FETCH_WAIT_MS: &str = "50";
+/// The shortest time between two log lines of the same librdkafka error.
+const ERROR_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 /// How often librdkafka reports statistics, lag included, in milliseconds.
 const CONSUMER_STATISTICS_MS: &str = "5000";
 /// How long a producer waits to fill a batch, in milliseconds.
@@ -171,6 +173,8 @@ pub trait RevokeHandler: Send + Sync {
 #[derive(Clone)]
 pub struct GenerationContext {
     group_id: Arc<str>,
+    /// When each librdkafka error text was last logged.
+    errors_logged: Arc<Mutex<HashMap<String, std::time::Instant>>>,
     generations: Arc<Mutex<HashMap<TopicPartition, u64>>>,
     on_revoke: Arc<OnceLock<Arc<dyn RevokeHandler>>>,
 }
@@ -182,6 +186,7 @@ impl GenerationContext {
             group_id: Arc::from(group_id),
             generations: Arc::default(),
             on_revoke: Arc::default(),
+            errors_logged: Arc::default(),
         }
     }
 
@@ -216,8 +221,37 @@ impl GenerationContext {
 }
 
 impl ClientContext for GenerationContext {
-    /// Keeps each assigned partition's consumer lag for the `herald.consumer.lag` gauge.
+    /// Marks the process not ready while every broker is down, and logs librdkafka's errors at
+    /// most once per [`ERROR_LOG_INTERVAL`] each, since it repeats them many times a second.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            crate::telemetry::mark_unready();
+        }
+        let mut logged = self
+            .errors_logged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = std::time::Instant::now();
+        let key = error.to_string();
+        let due = logged
+            .get(&key)
+            .is_none_or(|last| now.duration_since(*last) >= ERROR_LOG_INTERVAL);
+        if due {
+            logged.insert(key, now);
+            tracing::error!(group_id = %self.group_id, %error, reason, "librdkafka error (repeats are logged at most every 30 s)");
+        }
+    }
+
+    /// Keeps each assigned partition's consumer lag for the `herald.consumer.lag` gauge, and
+    /// marks the process ready again once a broker is up.
     fn stats(&self, statistics: rdkafka::Statistics) {
+        if statistics
+            .brokers
+            .values()
+            .any(|broker| broker.state == "UP" && broker.nodeid >= 0)
+        {
+            crate::telemetry::mark_ready();
+        }
         for (topic, details) in &statistics.topics {
             for (partition, state) in &details.partitions {
                 // Partition -1 is librdkafka's own, and lag is -1 where it is not known yet.

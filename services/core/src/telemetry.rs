@@ -54,6 +54,11 @@ pub fn mark_ready() {
     READY.store(true, Ordering::Release);
 }
 
+/// Marks the process not ready, such as while every Kafka broker is down.
+pub fn mark_unready() {
+    READY.store(false, Ordering::Release);
+}
+
 /// Returns whether the process is ready.
 pub fn is_ready() -> bool {
     READY.load(Ordering::Acquire)
@@ -114,7 +119,13 @@ impl Telemetry {
         }
         let provider = builder.build();
         opentelemetry::global::set_meter_provider(provider.clone());
-        // The callback stays registered with the provider once the gauge is built.
+        // The callbacks stay registered with the provider once the gauges are built.
+        let _ = opentelemetry::global::meter(METER)
+            .u64_observable_gauge("herald.ready")
+            .with_unit("{state}")
+            .with_description("1 when the process is ready (/readyz responds with 200), else 0")
+            .with_callback(|observer| observer.observe(u64::from(is_ready()), &[]))
+            .build();
         let _ = opentelemetry::global::meter(METER)
             .i64_observable_gauge("herald.consumer.lag")
             .with_unit("{record}")

@@ -89,14 +89,20 @@ pub async fn run(
     let rejected_topic = config.topics.rejected.clone();
     let max_event_bytes = config.router.max_event_bytes;
     let produce_timeout = Duration::from_millis(config.kafka.produce_timeout_ms);
+    let group_id = config.router.group_id.clone();
 
     let result = run_stage(&consumer, &settings, shutdown, |message| {
-        let context = event_span(message);
+        let context = event_span(message, &group_id);
         let log_span = traces::log_span(&context);
         let entered = log_span.enter();
         let mut routed = route(message, &subscriptions.current(), max_event_bytes);
         carry_trace_context(&mut routed, &context);
         crate::metrics::record(&routed);
+        if let Some(RoutedRecord::Rejected { reason, .. }) = routed.first() {
+            context
+                .span()
+                .set_status(Status::error(format!("rejected: {}", reason.kind())));
+        }
         context.span().set_attribute(KeyValue::new(
             "herald.deliveries",
             routed
@@ -128,7 +134,7 @@ pub async fn run(
 
 /// Starts the span of routing one event, a child of the publisher's trace when the record carries
 /// a `traceparent`, with the messaging attributes of the OpenTelemetry conventions.
-fn event_span(message: &BorrowedMessage<'_>) -> Context {
+fn event_span(message: &BorrowedMessage<'_>, group_id: &str) -> Context {
     let parent = traces::extract(
         headers::find(message.headers(), headers::TRACEPARENT),
         headers::find(message.headers(), headers::TRACESTATE),
@@ -146,7 +152,7 @@ fn event_span(message: &BorrowedMessage<'_>) -> Context {
                 message.partition().to_string(),
             ),
             KeyValue::new("messaging.kafka.offset", message.offset()),
-            KeyValue::new("messaging.consumer.group.name", "router"),
+            KeyValue::new("messaging.consumer.group.name", group_id.to_owned()),
         ])
         .start_with_context(&tracer, &parent);
     parent.with_span(span)
