@@ -497,7 +497,7 @@ async fn api_dead_letters_and_openapi_document() -> anyhow::Result<()> {
         rest.body
     );
 
-    // A redrive without a filter must say so: it would send every dead letter back.
+    // A redrive without a filter is rejected, because it would send every dead letter back.
     let unfiltered = api
         .admin("POST", "/v1/dead-letters/redrive", Some(json!({})))
         .await?;

@@ -276,7 +276,7 @@ fn stored(
     .encode())
 }
 
-/// The longest overlap a rotation may give the old secrets.
+/// The maximum overlap a rotation may give the old secrets.
 pub const MAX_OVERLAP: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// Reads a rotation overlap such as `24h` or `0s`, at most [`MAX_OVERLAP`].

@@ -114,7 +114,6 @@ pub async fn attempt(
 mod tests {
     use herald_core::config::Problems;
     use herald_core::subscription::{SubscriptionSpec, check_spec};
-    use herald_verify::receiver::{Receiver, ReceiverOptions};
 
     use super::*;
 
@@ -125,17 +124,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let receiver = Receiver::start(
-            listener,
-            ReceiverOptions {
-                name: "headers".into(),
-                verifier: herald_verify::Verifier::new(vec![secret]).expect("verifier"),
-                keep_requests: true,
-                log_file: None,
-                hook: None,
-            },
-        )
-        .expect("receiver");
+        let receiver = crate::client::test_receiver(listener, "headers", secret, true);
         let mut spec = SubscriptionSpec::new(
             "ledger",
             &format!("http://{}/hook", receiver.address()),

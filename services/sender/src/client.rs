@@ -175,6 +175,27 @@ pub(crate) fn test_client(guard: AddressGuard) -> WebhookClient {
     .expect("a client")
 }
 
+/// Starts a reference receiver on `listener` for tests, verifying with `secret`.
+#[cfg(test)]
+pub(crate) fn test_receiver(
+    listener: tokio::net::TcpListener,
+    name: &str,
+    secret: herald_verify::Secret,
+    keep_requests: bool,
+) -> herald_verify::receiver::Receiver {
+    herald_verify::receiver::Receiver::start(
+        listener,
+        herald_verify::receiver::ReceiverOptions {
+            name: name.to_owned(),
+            verifier: herald_verify::Verifier::new(vec![secret]).expect("verifier"),
+            keep_requests,
+            log_file: None,
+            hook: None,
+        },
+    )
+    .expect("receiver")
+}
+
 /// Returns whether a TLS error (a certificate or handshake failure) is among the sources.
 fn tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(error);
@@ -293,23 +314,11 @@ mod tests {
     /// Sends to an endpoint whose body takes five seconds and checks the read ends after
     /// `expected` (and well before the body would be complete).
     async fn slow_body_read_ends_by(timeout: Duration, expected: Duration) {
-        use herald_verify::receiver::{Receiver, ReceiverOptions};
-
         let secret = herald_verify::Secret::from_bytes(vec![1; 32]).expect("valid secret");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let receiver = Receiver::start(
-            listener,
-            ReceiverOptions {
-                name: "slow".into(),
-                verifier: herald_verify::Verifier::new(vec![secret.clone()]).expect("verifier"),
-                keep_requests: false,
-                log_file: None,
-                hook: None,
-            },
-        )
-        .expect("receiver");
+        let receiver = test_receiver(listener, "slow", secret.clone(), false);
         // 100 bytes at 50 ms each: five seconds.
         receiver.respond_slowly(100, Duration::from_millis(50));
         let timestamp = herald_core::time::unix_seconds(SystemTime::now());
@@ -338,23 +347,9 @@ mod tests {
 
     #[tokio::test]
     async fn guard_refuses_loopback_before_any_request() {
-        use herald_verify::receiver::{Receiver, ReceiverOptions};
-
         let start = |listener| {
-            Receiver::start(
-                listener,
-                ReceiverOptions {
-                    name: "guarded".into(),
-                    verifier: herald_verify::Verifier::new(vec![
-                        herald_verify::Secret::from_bytes(vec![1; 32]).expect("valid secret"),
-                    ])
-                    .expect("verifier"),
-                    keep_requests: true,
-                    log_file: None,
-                    hook: None,
-                },
-            )
-            .expect("receiver")
+            let secret = herald_verify::Secret::from_bytes(vec![1; 32]).expect("valid secret");
+            test_receiver(listener, "guarded", secret, true)
         };
         let v4 = start(
             tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -400,6 +395,18 @@ mod tests {
         );
     }
 
+    /// Posts `{}` to `http://<address>/hook` with a client that may reach 127.0.0.1.
+    async fn post_to(
+        address: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> Result<HttpResponse, AttemptError> {
+        let guard = AddressGuard::new(&["127.0.0.1".into()]).expect("valid network");
+        let request = Request::post(format!("http://{address}/hook"))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .expect("valid request");
+        test_client(guard).send(request, timeout, None).await
+    }
+
     #[tokio::test]
     async fn oversized_response_is_cut_off() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -430,17 +437,10 @@ mod tests {
             written
         });
 
-        let guard = AddressGuard::new(&["127.0.0.1".into()]).expect("valid network");
-        let client = test_client(guard);
-        let request = Request::post(format!("http://{address}/hook"))
-            .body(Full::new(Bytes::from_static(b"{}")))
-            .expect("valid request");
-        let response = client
-            .send(request, Duration::from_secs(30), None)
+        let response = post_to(address, Duration::from_secs(30))
             .await
             .expect("a response");
         assert_eq!(response.status, StatusCode::OK);
-        drop(client);
         let written = server.await.expect("the server task");
         assert!(
             written < BODY_BYTES,
@@ -480,13 +480,7 @@ mod tests {
             let _ = stream.write_all(response.as_bytes()).await;
         });
 
-        let guard = AddressGuard::new(&["127.0.0.1".into()]).expect("valid network");
-        let client = test_client(guard);
-        let request = Request::post(format!("http://{address}/hook"))
-            .body(Full::new(Bytes::from_static(b"{}")))
-            .expect("valid request");
-        let response = client
-            .send(request, Duration::from_secs(5), None)
+        let response = post_to(address, Duration::from_secs(5))
             .await
             .expect("a response");
         assert_eq!(response.status, StatusCode::TEMPORARY_REDIRECT);
