@@ -63,7 +63,7 @@ pub async fn measure(
         SubscriptionTable::from_specs(&specs, true)
             .map_err(|problems| anyhow::anyhow!("{problems}"))?,
     );
-    // The receivers are on loopback, which the address guard allows only when told to.
+    // The receivers are on loopback, which the address guard allows only when configured to.
     let guard = herald_sender::AddressGuard::new(&["127.0.0.0/8".into()])
         .map_err(|problem| anyhow::anyhow!(problem))?;
     let client = WebhookClient::new(herald_sender::ClientSettings {

@@ -297,7 +297,7 @@ async fn open_circuit_stops_requests_to_a_failing_endpoint() -> anyhow::Result<(
     .await?;
 
     // The open circuit holds back every attempt but the last: a delivery out of tiers makes one
-    // real request, so its dead letter carries the endpoint's own answer.
+    // real request, so its dead letter carries the endpoint's own status.
     let requests = down.receiver.counts().failed.load(Ordering::Acquire);
     assert_eq!(
         requests,

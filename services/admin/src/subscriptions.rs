@@ -243,17 +243,7 @@ pub async fn write(
         if let Some(value) = &value {
             record = record.payload(value);
         }
-        producer
-            .send(
-                record,
-                Duration::from_millis(config.kafka.produce_timeout_ms),
-            )
-            .await
-            .map_err(|(source, _)| SubscriptionsError::Write {
-                id: id.clone(),
-                topic: topic.clone(),
-                source: Box::new(source),
-            })?;
+        send(config, &producer, id, topic, record).await?;
     }
     Ok(())
 }
@@ -478,18 +468,30 @@ pub async fn send_test_event(
         .key(id)
         .payload(&body)
         .headers(record_headers);
+    send(config, producer, id, &config.topics.deliveries, record).await?;
+    Ok(event_id)
+}
+
+/// Produces one record about subscription `id` to `topic` and waits for its acknowledgement.
+async fn send<P: rdkafka::message::ToBytes + ?Sized>(
+    config: &HeraldConfig,
+    producer: &FutureProducer,
+    id: &str,
+    topic: &str,
+    record: FutureRecord<'_, str, P>,
+) -> Result<(), SubscriptionsError> {
     producer
         .send(
             record,
             Duration::from_millis(config.kafka.produce_timeout_ms),
         )
         .await
+        .map(|_| ())
         .map_err(|(source, _)| SubscriptionsError::Write {
             id: id.to_owned(),
-            topic: config.topics.deliveries.clone(),
+            topic: topic.to_owned(),
             source: Box::new(source),
-        })?;
-    Ok(event_id)
+        })
 }
 
 /// Returns `url` without its query string, which may carry a token.

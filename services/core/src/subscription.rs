@@ -132,7 +132,7 @@ pub struct Subscription {
 pub struct ClientIdentity {
     pub chain: Vec<rustls_pki_types::CertificateDer<'static>>,
     pub key: rustls_pki_types::PrivateKeyDer<'static>,
-    /// A digest of chain and key, which tells identities apart without showing the key.
+    /// A digest of chain and key, which distinguishes identities without showing the key.
     pub fingerprint: String,
 }
 

@@ -48,7 +48,7 @@ pub fn inject(context: &Context) -> Vec<(&'static str, String)> {
 }
 
 /// Returns a `tracing` span carrying the trace and span ids of `context`, so every log line
-/// written inside it names the trace; a span without ids when the context has none.
+/// written inside it names the trace. Without a valid span in `context`, the span has no ids.
 pub fn log_span(context: &Context) -> tracing::Span {
     use opentelemetry::trace::TraceContextExt;
 

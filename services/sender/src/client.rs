@@ -411,7 +411,7 @@ mod tests {
     async fn oversized_response_is_cut_off() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-        // An endpoint that answers 200 with 64 MiB of body as fast as the socket takes it.
+        // An endpoint that responds 200 with 64 MiB of body as fast as the socket takes it.
         const BODY_BYTES: usize = 64 * 1024 * 1024;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
