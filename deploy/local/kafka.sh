@@ -12,6 +12,8 @@
 # If KAFKA_BOOTSTRAP_SERVERS is set, that cluster is used: install and start do nothing.
 # HERALD_KAFKA_PORT (19092) and HERALD_KAFKA_CONTROLLER_PORT (19093) choose other ports,
 # HERALD_KAFKA_HEAP (512m) the heap size, HERALD_KAFKA_HOME (.cache/kafka) the folder.
+# HERALD_KAFKA_KEEP_DATA=1 starts on the storage of the last run instead of an empty one, as a
+# broker coming back after an outage does.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -102,11 +104,13 @@ start() {
   mkdir -p "$cache/logs"
   write_properties
   # Fresh storage on every start: local runs and tests want an empty cluster, not last run's topics.
-  rm -rf "$data"
-  local cluster_id
-  cluster_id=$(java -cp "$libs/*" kafka.tools.StorageTool random-uuid)
-  java -cp "$libs/*" -Dlog4j2.configurationFile="$here/log4j2.properties" -Dkafka.logs.dir="$cache/logs" \
-    kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$cache/server.properties" >"$cache/logs/format.log"
+  if [[ ${HERALD_KAFKA_KEEP_DATA:-0} != 1 || ! -f $data/meta.properties ]]; then
+    rm -rf "$data"
+    local cluster_id
+    cluster_id=$(java -cp "$libs/*" kafka.tools.StorageTool random-uuid)
+    java -cp "$libs/*" -Dlog4j2.configurationFile="$here/log4j2.properties" -Dkafka.logs.dir="$cache/logs" \
+      kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$cache/server.properties" >"$cache/logs/format.log"
+  fi
   nohup java "-Xms$heap" "-Xmx$heap" -XX:+UseG1GC -cp "$libs/*" \
     -Dlog4j2.configurationFile="$here/log4j2.properties" -Dkafka.logs.dir="$cache/logs" \
     kafka.Kafka "$cache/server.properties" >"$cache/logs/stdout.log" 2>&1 &

@@ -35,8 +35,17 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// Publishes records in order, as a core banking system would: idempotent, acks from all replicas.
 pub async fn publish(topic: &str, records: &[SampleRecord]) -> anyhow::Result<()> {
+    publish_to(&bootstrap_servers(), topic, records).await
+}
+
+/// Like [`publish`], to the broker at `bootstrap_servers`.
+pub async fn publish_to(
+    bootstrap_servers: &str,
+    topic: &str,
+    records: &[SampleRecord],
+) -> anyhow::Result<()> {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap_servers())
+        .set("bootstrap.servers", bootstrap_servers)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         // The hostile samples include a 1.5 MB event, which the domain topic accepts.

@@ -3,6 +3,7 @@
 //! events, and waiting on conditions with deadlines.
 
 pub mod api;
+pub mod broker;
 pub mod http;
 pub mod kafka;
 pub mod process;

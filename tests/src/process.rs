@@ -154,6 +154,11 @@ impl HeraldProcess {
         Some(kilobytes * 1024)
     }
 
+    /// Returns the whole log of the process.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// Returns the last lines of the process's log.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -34,6 +34,9 @@ pub struct ScenarioOptions {
     /// `sender.circuit_failure_threshold`. Functional tests keep circuits closed (a million
     /// failures), so that every retry they expect is a real request. Circuit and load tests set it.
     pub circuit_failure_threshold: Option<u32>,
+    /// Another broker than the shared one, such as a [`crate::broker::OwnBroker`] that a test
+    /// stops and starts.
+    pub bootstrap_servers: Option<String>,
 }
 
 /// A subscription of the scenario and the receiver behind it.
@@ -203,7 +206,10 @@ tiers = ["1s", "2s", "4s"]
 topic_prefix = "{prefix}.retry."
 forwarder_group_id = "{prefix}-forwarder"
 "#,
-            bootstrap = bootstrap_servers(),
+            bootstrap = options
+                .bootstrap_servers
+                .clone()
+                .unwrap_or_else(bootstrap_servers),
             deliveries = topics.deliveries,
             rejected = topics.rejected,
             dlq = topics.dlq,

@@ -161,6 +161,14 @@ async fn services_export_metrics_and_health() -> anyhow::Result<()> {
         "{sender_metrics}"
     );
     assert!(
+        sample_sum(
+            &sender_metrics,
+            "http_client_request_duration_seconds_count",
+            &[("http_response_status_code", "410"), ("error_type", "410")]
+        ) >= 1.0,
+        "a 4xx response carries error.type: {sender_metrics}"
+    );
+    assert!(
         router_metrics.contains("herald_in_flight{"),
         "{router_metrics}"
     );
@@ -173,7 +181,14 @@ async fn services_export_metrics_and_health() -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     let lag_metrics = loop {
         let (_, metrics) = get(&router_address, "/metrics").await?;
-        if metrics.contains("herald_consumer_lag{") || tokio::time::Instant::now() > deadline {
+        let reported = [
+            "herald_consumer_lag{",
+            "herald_kafka_broker_rtt_seconds{",
+            "herald_kafka_producer_queue{",
+        ]
+        .iter()
+        .all(|family| metrics.contains(family));
+        if reported || tokio::time::Instant::now() > deadline {
             break metrics;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -188,6 +203,14 @@ async fn services_export_metrics_and_health() -> anyhow::Result<()> {
         "no lag reported: {lag_metrics}"
     );
     assert_eq!(domain_lag, 0.0, "{lag_metrics}");
+    assert!(
+        sample_sum(&lag_metrics, "herald_kafka_broker_rtt_seconds", &[]) > 0.0,
+        "broker round trips from librdkafka's statistics: {lag_metrics}"
+    );
+    assert!(
+        lag_metrics.contains("herald_kafka_producer_queue{client=\"producer\""),
+        "{lag_metrics}"
+    );
     check_dashboards(&format!("{lag_metrics}{sender_metrics}"))?;
     router.check_running()?;
     sender.check_running()?;
@@ -293,6 +316,36 @@ async fn start_collector() -> anyhow::Result<(std::net::SocketAddr, Collected)> 
     Ok((address, received))
 }
 
+/// Returns the attribute keys of every data point of an OTLP metric.
+fn attribute_keys(
+    metric: &opentelemetry_proto::tonic::metrics::v1::Metric,
+) -> std::collections::BTreeSet<String> {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+
+    let attributes: Vec<&opentelemetry_proto::tonic::common::v1::KeyValue> = match &metric.data {
+        Some(Data::Sum(sum)) => sum
+            .data_points
+            .iter()
+            .flat_map(|point| &point.attributes)
+            .collect(),
+        Some(Data::Gauge(gauge)) => gauge
+            .data_points
+            .iter()
+            .flat_map(|point| &point.attributes)
+            .collect(),
+        Some(Data::Histogram(histogram)) => histogram
+            .data_points
+            .iter()
+            .flat_map(|point| &point.attributes)
+            .collect(),
+        _ => Vec::new(),
+    };
+    attributes
+        .into_iter()
+        .map(|attribute| attribute.key.clone())
+        .collect()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
@@ -361,7 +414,11 @@ async fn one_trace_follows_an_event_to_its_endpoint() -> anyhow::Result<()> {
         .map(|stored| stored.clone())
         .unwrap_or_default();
     let mut spans = Vec::new();
-    let mut metric_names = std::collections::BTreeSet::new();
+    // Each pushed metric's unit and the attribute keys of its data points.
+    let mut pushed: std::collections::BTreeMap<
+        String,
+        (String, std::collections::BTreeSet<String>),
+    > = std::collections::BTreeMap::new();
     for (path, body) in &bodies {
         match path.as_str() {
             "/v1/traces" => {
@@ -376,7 +433,12 @@ async fn one_trace_follows_an_event_to_its_endpoint() -> anyhow::Result<()> {
                 let request = ExportMetricsServiceRequest::decode(body.as_ref())?;
                 for resource in request.resource_metrics {
                     for scope in resource.scope_metrics {
-                        metric_names.extend(scope.metrics.into_iter().map(|metric| metric.name));
+                        for metric in scope.metrics {
+                            let entry = pushed
+                                .entry(metric.name.clone())
+                                .or_insert_with(|| (metric.unit.clone(), Default::default()));
+                            entry.1.extend(attribute_keys(&metric));
+                        }
                     }
                 }
             }
@@ -405,14 +467,39 @@ async fn one_trace_follows_an_event_to_its_endpoint() -> anyhow::Result<()> {
             .any(|attribute| attribute.key == "http.response.status_code"),
         "the attempt span records the status"
     );
-    for name in [
-        "herald.router.events",
-        "herald.sender.attempts",
-        "herald.sender.delivery.latency",
-    ] {
+    // Name, unit and attribute keys, as docs/observability.md lists them.
+    let expected: [(&str, &str, &[&str]); 8] = [
+        ("herald.router.events", "{event}", &["outcome"]),
+        ("herald.router.deliveries", "{delivery}", &[]),
+        ("herald.router.fanout", "{delivery}", &[]),
+        (
+            "herald.sender.attempts",
+            "{attempt}",
+            &["outcome", "status_class"],
+        ),
+        ("herald.sender.attempt.duration", "s", &["outcome"]),
+        ("herald.sender.delivery.latency", "s", &[]),
+        (
+            "http.client.request.duration",
+            "s",
+            &["http.request.method", "http.response.status_code"],
+        ),
+        ("herald.subscriptions", "{subscription}", &[]),
+    ];
+    for (name, unit, keys) in expected {
+        let (pushed_unit, pushed_keys) = pushed
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("{name} not pushed: {:?}", pushed.keys()))?;
+        assert_eq!(pushed_unit, unit, "the unit of {name}");
+        for key in keys {
+            assert!(
+                pushed_keys.contains(*key),
+                "{name} lacks the attribute {key}: {pushed_keys:?}"
+            );
+        }
         assert!(
-            metric_names.contains(name),
-            "{name} not pushed: {metric_names:?}"
+            !pushed_keys.contains("subscription_id"),
+            "{name} carries subscription ids, which are off by default"
         );
     }
     remove_folder(&scenario.folder);

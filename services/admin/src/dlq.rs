@@ -7,7 +7,7 @@
 use std::time::{Duration, SystemTime};
 
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Message, Timestamp};
 use serde::Serialize;
 
@@ -182,7 +182,7 @@ pub async fn redrive(
             .collect());
     }
 
-    let producer: FutureProducer = kafka::producer(&config.kafka).map_err(DlqError::Producer)?;
+    let producer = kafka::producer(&config.kafka).map_err(DlqError::Producer)?;
     let timeout = Duration::from_millis(config.kafka.produce_timeout_ms);
     let redriven_at = rfc3339(SystemTime::now());
     // The attempt history goes, so the retry schedule starts again; the redrive time is replaced.

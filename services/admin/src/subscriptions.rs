@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use rdkafka::Message;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 
 use herald_core::address::AddressGuard;
 use herald_core::config::HeraldConfig;
@@ -217,9 +217,7 @@ pub async fn write(
     keys: &KeyRing,
     changes: &[Change],
 ) -> Result<(), SubscriptionsError> {
-    let producer: FutureProducer = kafka::producer_config(&config.kafka)
-        .create()
-        .map_err(SubscriptionsError::Producer)?;
+    let producer = kafka::producer(&config.kafka).map_err(SubscriptionsError::Producer)?;
     let topic = &config.topics.subscriptions;
     let now = herald_core::time::rfc3339(SystemTime::now());
     for change in changes {
@@ -439,7 +437,7 @@ pub const TEST_EVENT_TYPE: &str = "herald.test";
 /// Returns the event id.
 pub async fn send_test_event(
     config: &HeraldConfig,
-    producer: &FutureProducer,
+    producer: &kafka::Producer,
     id: &str,
 ) -> Result<String, SubscriptionsError> {
     let suffix = herald_core::encryption::random_hex(10).map_err(SubscriptionsError::Random)?;
@@ -475,7 +473,7 @@ pub async fn send_test_event(
 /// Produces one record about subscription `id` to `topic` and waits for its acknowledgement.
 async fn send<P: rdkafka::message::ToBytes + ?Sized>(
     config: &HeraldConfig,
-    producer: &FutureProducer,
+    producer: &kafka::Producer,
     id: &str,
     topic: &str,
     record: FutureRecord<'_, str, P>,

@@ -21,8 +21,8 @@ const CONSUMER_QUEUE_KILOBYTES: &str = "16384";
 const CONSUMER_FETCH_WAIT_MS: &str = "50";
 /// The shortest time between two log lines of the same librdkafka error.
 const ERROR_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
-/// How often librdkafka reports statistics, lag included, in milliseconds.
-const CONSUMER_STATISTICS_MS: &str = "5000";
+/// How often librdkafka reports statistics (lag, round trips, queues), in milliseconds.
+const STATISTICS_MS: &str = "5000";
 /// How long a producer waits to fill a batch, in milliseconds.
 const PRODUCER_LINGER_MS: &str = "5";
 /// How much unacknowledged data a producer may buffer, in kilobytes; a full buffer makes the
@@ -60,7 +60,7 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
         .set("queued.max.messages.kbytes", CONSUMER_QUEUE_KILOBYTES)
         .set("fetch.wait.max.ms", CONSUMER_FETCH_WAIT_MS)
         // Statistics carry each partition's lag, which the herald.consumer.lag gauge reports.
-        .set("statistics.interval.ms", CONSUMER_STATISTICS_MS);
+        .set("statistics.interval.ms", STATISTICS_MS);
     if let Some(name) = &kafka.group_instance_id {
         config.set("group.instance.id", name);
     }
@@ -91,7 +91,9 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("linger.ms", PRODUCER_LINGER_MS)
         .set("compression.type", "lz4")
         .set("queue.buffering.max.kbytes", PRODUCER_BUFFER_KILOBYTES)
-        .set("message.timeout.ms", kafka.produce_timeout_ms.to_string());
+        .set("message.timeout.ms", kafka.produce_timeout_ms.to_string())
+        // Statistics feed readiness, broker round trips and the producer queue gauge.
+        .set("statistics.interval.ms", STATISTICS_MS);
     with_overrides(config, kafka, &kafka.producer)
 }
 
@@ -149,10 +151,147 @@ pub fn admin_config(kafka: &KafkaConfig) -> ClientConfig {
     with_overrides(base(kafka), kafka, &std::collections::BTreeMap::new())
 }
 
+/// The producer of every service, whose librdkafka reports go through [`HealthContext`].
+pub type Producer = FutureProducer<HealthContext>;
+
 /// Creates the producer every service uses.
-pub fn producer(kafka: &KafkaConfig) -> rdkafka::error::KafkaResult<FutureProducer> {
-    producer_config(kafka).create()
+pub fn producer(kafka: &KafkaConfig) -> rdkafka::error::KafkaResult<Producer> {
+    producer_config(kafka).create_with_context(HealthContext::new("producer"))
 }
+
+/// The time each error was last logged. During a Kafka outage the clients report the same error
+/// many times a second, so each is logged at most once per [`ERROR_LOG_INTERVAL`]. There is one
+/// per process: see [`error_log`].
+#[derive(Default)]
+pub struct ErrorLog {
+    last: Mutex<HashMap<String, (std::time::Instant, u64)>>,
+}
+
+/// Returns the process's limiter of repeated error lines; its keys name the client.
+pub fn error_log() -> &'static ErrorLog {
+    static ERRORS: std::sync::LazyLock<ErrorLog> = std::sync::LazyLock::new(ErrorLog::default);
+    &ERRORS
+}
+
+impl ErrorLog {
+    /// Returns `Some(repeats)` when `error` is due to be logged, with how many times it came since
+    /// it was last logged, and `None` when it was logged less than [`ERROR_LOG_INTERVAL`] ago.
+    pub fn due(&self, error: &str) -> Option<u64> {
+        self.due_at(error, std::time::Instant::now())
+    }
+
+    fn due_at(&self, error: &str, now: std::time::Instant) -> Option<u64> {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match last.get_mut(error) {
+            Some((logged_at, repeats)) if now.duration_since(*logged_at) < ERROR_LOG_INTERVAL => {
+                *repeats += 1;
+                None
+            }
+            Some((logged_at, repeats)) => {
+                let skipped = *repeats;
+                *logged_at = now;
+                *repeats = 0;
+                Some(skipped)
+            }
+            None => {
+                last.insert(error.to_owned(), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// Logs a librdkafka error at most once per [`ERROR_LOG_INTERVAL`], and marks Kafka down when
+/// every broker is unreachable.
+fn report_error(client: &str, error: &rdkafka::error::KafkaError, reason: &str) {
+    if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+        crate::telemetry::mark_kafka_down();
+    }
+    if let Some(repeats) = error_log().due(&format!("{client}: {error}")) {
+        tracing::error!(client, %error, reason, repeats, "librdkafka error (logged at most every 30 s; repeats counts the ones left out)");
+    }
+}
+
+/// Passes librdkafka's own log lines to `tracing`. Warnings and errors are logged at most once per
+/// [`ERROR_LOG_INTERVAL`] and facility, because an outage repeats them at every reconnection.
+fn report_log(
+    client: &str,
+    level: rdkafka::config::RDKafkaLogLevel,
+    facility: &str,
+    message: &str,
+) {
+    use rdkafka::config::RDKafkaLogLevel;
+
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error
+        | RDKafkaLogLevel::Warning => {
+            if let Some(repeats) = error_log().due(&format!("{client}: log {facility}")) {
+                tracing::warn!(
+                    client,
+                    facility,
+                    message,
+                    repeats,
+                    "librdkafka (logged at most every 30 s per facility; repeats counts the ones left out)"
+                );
+            }
+        }
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(client, facility, message, "librdkafka")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(client, facility, message, "librdkafka"),
+    }
+}
+
+fn report_brokers(statistics: &rdkafka::Statistics) {
+    if statistics
+        .brokers
+        .values()
+        .any(|broker| broker.state == "UP" && broker.nodeid >= 0)
+    {
+        crate::telemetry::mark_kafka_up();
+    }
+}
+
+/// The context of Herald's clients outside consumer groups, such as producers and the
+/// subscriptions reader: librdkafka's errors and statistics feed logs and readiness.
+#[derive(Clone)]
+pub struct HealthContext {
+    client: &'static str,
+}
+
+impl HealthContext {
+    /// Creates the context of a client named `client` in log lines and metrics, such as `producer`.
+    pub fn new(client: &'static str) -> Self {
+        Self { client }
+    }
+}
+
+impl ClientContext for HealthContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        report_error(self.client, &error, reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        report_log(self.client, level, facility, message);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        report_brokers(&statistics);
+        crate::telemetry::record_client_statistics(
+            self.client,
+            &statistics,
+            statistics.client_type == "producer",
+        );
+    }
+}
+
+impl ConsumerContext for HealthContext {}
 
 /// The consume loop's handling of partitions taken away from it. It runs inside the rebalance,
 /// before the partitions go, so that work in flight can finish and its offsets be committed.
@@ -173,8 +312,6 @@ pub trait RevokeHandler: Send + Sync {
 #[derive(Clone)]
 pub struct GenerationContext {
     group_id: Arc<str>,
-    /// When each librdkafka error text was last logged.
-    errors_logged: Arc<Mutex<HashMap<String, std::time::Instant>>>,
     generations: Arc<Mutex<HashMap<TopicPartition, u64>>>,
     on_revoke: Arc<OnceLock<Arc<dyn RevokeHandler>>>,
 }
@@ -186,7 +323,6 @@ impl GenerationContext {
             group_id: Arc::from(group_id),
             generations: Arc::default(),
             on_revoke: Arc::default(),
-            errors_logged: Arc::default(),
         }
     }
 
@@ -221,37 +357,21 @@ impl GenerationContext {
 }
 
 impl ClientContext for GenerationContext {
-    /// Marks the process not ready while every broker is down, and logs librdkafka's errors at
-    /// most once per [`ERROR_LOG_INTERVAL`] each, since it repeats them many times a second.
+    /// Marks Kafka down while every broker is unreachable, and logs each librdkafka error at most
+    /// once per [`ERROR_LOG_INTERVAL`].
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
-            crate::telemetry::mark_unready();
-        }
-        let mut logged = self
-            .errors_logged
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let now = std::time::Instant::now();
-        let key = error.to_string();
-        let due = logged
-            .get(&key)
-            .is_none_or(|last| now.duration_since(*last) >= ERROR_LOG_INTERVAL);
-        if due {
-            logged.insert(key, now);
-            tracing::error!(group_id = %self.group_id, %error, reason, "librdkafka error (repeats are logged at most every 30 s)");
-        }
+        report_error(&self.group_id, &error, reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        report_log(&self.group_id, level, facility, message);
     }
 
     /// Keeps each assigned partition's consumer lag for the `herald.consumer.lag` gauge, and
-    /// marks the process ready again once a broker is up.
+    /// raises readiness again once a broker is up.
     fn stats(&self, statistics: rdkafka::Statistics) {
-        if statistics
-            .brokers
-            .values()
-            .any(|broker| broker.state == "UP" && broker.nodeid >= 0)
-        {
-            crate::telemetry::mark_ready();
-        }
+        report_brokers(&statistics);
+        crate::telemetry::record_client_statistics(&self.group_id, &statistics, false);
         for (topic, details) in &statistics.topics {
             for (partition, state) in &details.partitions {
                 // Partition -1 is librdkafka's own, and lag is -1 where it is not known yet.
@@ -294,7 +414,7 @@ impl ConsumerContext for GenerationContext {
         match rebalance {
             Rebalance::Assign(partitions) => {
                 tracing::info!(group_id = %self.group_id, partitions = partitions.count(), "partitions assigned");
-                crate::telemetry::mark_ready();
+                crate::telemetry::mark_started();
                 self.advance(partitions);
             }
             Rebalance::Revoke(_) => {}
@@ -308,6 +428,30 @@ impl ConsumerContext for GenerationContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_log_limits_repeated_errors() {
+        let errors = ErrorLog::default();
+        let start = std::time::Instant::now();
+        assert_eq!(errors.due_at("producer: down", start), Some(0));
+        for second in 1..=5 {
+            let now = start + std::time::Duration::from_secs(second);
+            assert_eq!(errors.due_at("producer: down", now), None);
+        }
+        assert_eq!(
+            errors.due_at("consumer: down", start),
+            Some(0),
+            "each client and error has its own interval"
+        );
+        assert_eq!(
+            errors.due_at("producer: down", start + ERROR_LOG_INTERVAL),
+            Some(5)
+        );
+        assert_eq!(
+            errors.due_at("producer: down", start + ERROR_LOG_INTERVAL),
+            None
+        );
+    }
 
     #[test]
     fn consumer_settings_bound_waits_and_set_static_membership() {

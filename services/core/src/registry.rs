@@ -100,7 +100,7 @@ pub struct Subscriptions {
 /// The producer and state for writing a change back to the subscriptions topic.
 struct TopicWriter {
     topic: String,
-    producer: rdkafka::producer::FutureProducer,
+    producer: kafka::Producer,
     produce_timeout: Duration,
     /// The latest record of each subscription, as stored (secrets sealed).
     stored: Mutex<BTreeMap<String, StoredSubscription>>,
@@ -358,8 +358,12 @@ pub async fn follow(config: &HeraldConfig) -> Result<Subscriptions, RegistryErro
     client
         .set("group.id", "herald-subscriptions-reader")
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
-    let consumer: StreamConsumer = client.create().map_err(kafka_error)?;
+        .set("enable.partition.eof", "false")
+        // Statistics show when a broker is up again after an outage, for readiness.
+        .set("statistics.interval.ms", "5000");
+    let consumer: StreamConsumer<kafka::HealthContext> = client
+        .create_with_context(kafka::HealthContext::new("subscriptions-reader"))
+        .map_err(kafka_error)?;
 
     let partitions =
         kafka::topic_partitions(&consumer, &topic, METADATA_TIMEOUT).map_err(kafka_error)?;
@@ -435,7 +439,11 @@ pub async fn follow(config: &HeraldConfig) -> Result<Subscriptions, RegistryErro
                         .mark_applied(message.partition(), message.offset());
                 }
                 Err(error) => {
-                    tracing::warn!(%topic, %error, "reading the subscriptions topic failed, continuing")
+                    if let Some(repeats) =
+                        kafka::error_log().due(&format!("subscriptions reader: {error}"))
+                    {
+                        tracing::warn!(%topic, %error, repeats, "reading the subscriptions topic failed, continuing (logged at most every 30 s)");
+                    }
                 }
             }
         }

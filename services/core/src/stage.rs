@@ -473,7 +473,9 @@ where
                 let message = match received {
                     Ok(message) => message,
                     Err(error) => {
-                        tracing::warn!(stage = settings.name, %error, "consumer error, continuing");
+                        if let Some(repeats) = crate::kafka::error_log().due(&format!("{}: {error}", settings.name)) {
+                            tracing::warn!(stage = settings.name, %error, repeats, "consumer error, continuing (logged at most every 30 s)");
+                        }
                         continue;
                     }
                 };

@@ -1,7 +1,8 @@
 //! Metrics, traces and health: OpenTelemetry instruments recorded by the router and the sender,
 //! exposed as a Prometheus scrape endpoint (`/metrics`) and, when `telemetry.otlp_endpoint` is
-//! set, pushed with the spans over OTLP/HTTP. The same listener responds to `/healthz` (the process runs) and
-//! `/readyz` (the subscription table is loaded and Kafka has assigned partitions).
+//! set, pushed with the spans over OTLP/HTTP. The same listener responds to `/healthz` (the
+//! process runs) and `/readyz` (the subscription table is loaded, Kafka has assigned partitions,
+//! and a broker is reachable).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -28,7 +29,10 @@ use crate::config::TelemetryConfig;
 /// The instrumentation scope of every Herald metric.
 pub const METER: &str = "herald";
 
-static READY: AtomicBool = AtomicBool::new(false);
+/// Set once the process has started (see [`mark_started`]).
+static STARTED: AtomicBool = AtomicBool::new(false);
+/// Set while every Kafka broker is down.
+static KAFKA_DOWN: AtomicBool = AtomicBool::new(false);
 /// A partition of a consumer group: group, topic and partition number.
 type GroupPartition = (String, String, i32);
 /// The latest consumer lag of each assigned partition.
@@ -47,21 +51,60 @@ pub fn record_lag(group: &str, topic: &str, partition: i32, lag: i64) {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .insert((group.to_owned(), topic.to_owned(), partition), lag);
 }
+/// The latest average round trip to each broker, in seconds, per Kafka client: (client, broker).
+static BROKER_RTT: LazyLock<Mutex<HashMap<(String, String), f64>>> =
+    LazyLock::new(Default::default);
+/// Records waiting in each producer's queue for a broker's acknowledgement.
+static PRODUCER_QUEUE: LazyLock<Mutex<HashMap<String, i64>>> = LazyLock::new(Default::default);
+
+/// Records a client's broker round trips and, for a producer, its queue, from librdkafka's
+/// statistics. Brokers without a round trip yet (such as the bootstrap entry) are left out.
+pub fn record_client_statistics(client: &str, statistics: &rdkafka::Statistics, producer: bool) {
+    {
+        let mut rtt = BROKER_RTT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for broker in statistics.brokers.values() {
+            if let Some(window) = &broker.rtt
+                && broker.nodeid >= 0
+                && window.cnt > 0
+            {
+                rtt.insert(
+                    (client.to_owned(), broker.name.clone()),
+                    window.avg as f64 / 1_000_000.0,
+                );
+            }
+        }
+    }
+    if producer {
+        PRODUCER_QUEUE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(client.to_owned(), statistics.msg_cnt as i64);
+    }
+}
+
 static SUBSCRIPTION_ATTRIBUTE: OnceLock<bool> = OnceLock::new();
 
-/// Marks the process ready: its subscriptions are loaded and Kafka has assigned it partitions.
-pub fn mark_ready() {
-    READY.store(true, Ordering::Release);
+/// Marks the process started: its subscriptions are loaded and, for a consumer, Kafka has
+/// assigned it partitions once. It is ready from then on while Kafka is reachable.
+pub fn mark_started() {
+    STARTED.store(true, Ordering::Release);
 }
 
-/// Marks the process not ready, such as while every Kafka broker is down.
-pub fn mark_unready() {
-    READY.store(false, Ordering::Release);
+/// Records that every Kafka broker is down: the process is not ready until one is up again.
+pub fn mark_kafka_down() {
+    KAFKA_DOWN.store(true, Ordering::Release);
 }
 
-/// Returns whether the process is ready.
+/// Records that a Kafka broker is up again.
+pub fn mark_kafka_up() {
+    KAFKA_DOWN.store(false, Ordering::Release);
+}
+
+/// Returns whether the process is ready: started, and Kafka not down.
 pub fn is_ready() -> bool {
-    READY.load(Ordering::Acquire)
+    STARTED.load(Ordering::Acquire) && !KAFKA_DOWN.load(Ordering::Acquire)
 }
 
 /// Returns the `subscription_id` attribute for per-subscription metrics, or nothing unless
@@ -144,6 +187,38 @@ impl Telemetry {
                             ),
                         ],
                     );
+                }
+            })
+            .build();
+        let _ = opentelemetry::global::meter(METER)
+            .f64_observable_gauge("herald.kafka.broker.rtt")
+            .with_unit("s")
+            .with_description("Average request round trip to each broker, per Kafka client")
+            .with_callback(|observer| {
+                let rtt = BROKER_RTT
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                for ((client, broker), seconds) in rtt.iter() {
+                    observer.observe(
+                        *seconds,
+                        &[
+                            KeyValue::new("client", client.clone()),
+                            KeyValue::new("broker", broker.clone()),
+                        ],
+                    );
+                }
+            })
+            .build();
+        let _ = opentelemetry::global::meter(METER)
+            .i64_observable_gauge("herald.kafka.producer.queue")
+            .with_unit("{record}")
+            .with_description("Records in a producer's queue, not yet acknowledged by Kafka")
+            .with_callback(|observer| {
+                let queue = PRODUCER_QUEUE
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                for (client, records) in queue.iter() {
+                    observer.observe(*records, &[KeyValue::new("client", client.clone())]);
                 }
             })
             .build();

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -93,7 +94,11 @@ fn main() -> ExitCode {
         cli.command,
         Command::Router | Command::Sender | Command::Admin
     );
-    match runtime.block_on(run(cli.command, config)) {
+    let bootstrap_servers = config.kafka.bootstrap_servers.clone();
+    match runtime
+        .block_on(run(cli.command, config))
+        .map_err(|error| name_the_cluster(error, &bootstrap_servers))
+    {
         Ok(code) => code,
         // A service's end belongs in its log; a command's error goes to its user.
         Err(error) if service => {
@@ -107,6 +112,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Adds the configured bootstrap address to an error that came from Kafka, so that an
+/// unreachable or misnamed cluster is recognised at once.
+fn name_the_cluster(error: anyhow::Error, bootstrap_servers: &str) -> anyhow::Error {
+    let from_kafka = error
+        .chain()
+        .any(|cause| cause.downcast_ref::<rdkafka::error::KafkaError>().is_some());
+    if from_kafka {
+        error.context(format!(
+            "Kafka at kafka.bootstrap_servers = {bootstrap_servers}"
+        ))
+    } else {
+        error
+    }
+}
+
 async fn run(command: Command, config: HeraldConfig) -> anyhow::Result<ExitCode> {
     // Two rustls crypto providers can end up in the dependency graph; pick one explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -116,7 +136,12 @@ async fn run(command: Command, config: HeraldConfig) -> anyhow::Result<ExitCode>
             let telemetry = start_telemetry(&config, "herald-router").await?;
             let subscriptions = load_subscriptions(&config).await?;
             observe_subscriptions(&subscriptions);
-            let result = herald_router::run(&config, subscriptions, shutdown_signal()).await;
+            let result = herald_router::run(
+                &config,
+                subscriptions,
+                shutdown_signal(Duration::from_millis(config.router.shutdown_timeout_ms)),
+            )
+            .await;
             telemetry.shutdown();
             result?;
         }
@@ -124,11 +149,21 @@ async fn run(command: Command, config: HeraldConfig) -> anyhow::Result<ExitCode>
             let telemetry = start_telemetry(&config, "herald-sender").await?;
             let subscriptions = load_subscriptions(&config).await?;
             observe_subscriptions(&subscriptions);
-            let result = herald_sender::run(&config, subscriptions, shutdown_signal()).await;
+            let result = herald_sender::run(
+                &config,
+                subscriptions,
+                shutdown_signal(Duration::from_millis(config.sender.shutdown_timeout_ms)),
+            )
+            .await;
             telemetry.shutdown();
             result?;
         }
-        Command::Admin => serve_admin(config).await?,
+        Command::Admin => {
+            let telemetry = start_telemetry(&config, "herald-admin").await?;
+            let result = serve_admin(config).await;
+            telemetry.shutdown();
+            result?;
+        }
         Command::Topics {
             command: TopicsCommand::Apply,
         } => return apply_topics(&config).await,
@@ -227,6 +262,7 @@ async fn serve_admin(config: HeraldConfig) -> anyhow::Result<()> {
             config.topics.subscriptions
         )
     })?;
+    herald_core::telemetry::mark_started();
     let producer =
         herald_core::kafka::producer(&config.kafka).context("cannot create the Kafka producer")?;
     let listener = tokio::net::TcpListener::bind(&config.admin.listen)
@@ -238,7 +274,12 @@ async fn serve_admin(config: HeraldConfig) -> anyhow::Result<()> {
         "admin API listening"
     );
     let state = herald_admin::api::ApiState::new(config, keys, subscriptions, producer, tokens);
-    herald_admin::api::serve(std::sync::Arc::new(state), listener, shutdown_signal()).await?;
+    herald_admin::api::serve(
+        std::sync::Arc::new(state),
+        listener,
+        shutdown_signal(Duration::ZERO),
+    )
+    .await?;
     Ok(())
 }
 
@@ -264,8 +305,15 @@ async fn apply_topics(config: &HeraldConfig) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Resolves on SIGTERM (as Kubernetes sends) or Ctrl-C.
-async fn shutdown_signal() {
+/// How long closing the Kafka clients may take after the work in flight is finished. With every
+/// broker down librdkafka can wait far longer to close, so the process exits then anyway: the
+/// offsets are committed by that time, or their records are read again by the next owner.
+const CLOSE_ALLOWANCE: Duration = Duration::from_secs(5);
+
+/// Resolves on SIGTERM (as Kubernetes sends) or Ctrl-C. From then on the process ends within
+/// `finish_timeout` (the service's shutdown timeout) plus [`CLOSE_ALLOWANCE`], so that it stops
+/// inside the pod's termination grace period even with Kafka down.
+async fn shutdown_signal(finish_timeout: Duration) {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
@@ -282,4 +330,18 @@ async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("shutdown requested");
+    let limit = finish_timeout + CLOSE_ALLOWANCE;
+    let watchdog = std::thread::Builder::new()
+        .name("shutdown-limit".into())
+        .spawn(move || {
+            std::thread::sleep(limit);
+            tracing::warn!(
+                limit_ms = limit.as_millis() as u64,
+                "Kafka clients still closing at the shutdown limit: exiting without them"
+            );
+            std::process::exit(0);
+        });
+    if let Err(error) = watchdog {
+        tracing::warn!(%error, "cannot start the shutdown limit; stopping may take longer");
+    }
 }

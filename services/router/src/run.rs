@@ -6,7 +6,7 @@ use std::time::Duration;
 use rdkafka::Message;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
 
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
@@ -192,7 +192,7 @@ type Pending = (String, DeliveryFuture);
 /// Hands every routed record to the producer in order, so that records for one subscription
 /// keep the order of their events.
 fn enqueue_routed(
-    producer: &FutureProducer,
+    producer: &herald_core::kafka::Producer,
     message: &BorrowedMessage<'_>,
     routed: Vec<RoutedRecord>,
     (deliveries_topic, rejected_topic): (&str, &str),
@@ -251,7 +251,7 @@ fn enqueue_routed(
 /// Offers a record to the producer queue. A full queue drains on librdkafka's own threads, so a
 /// short blocking wait is enough; the wait is bounded by the produce timeout.
 fn enqueue<K, P>(
-    producer: &FutureProducer,
+    producer: &herald_core::kafka::Producer,
     mut record: FutureRecord<'_, K, P>,
     timeout: Duration,
 ) -> Result<DeliveryFuture, RouterError>

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 
 use herald_core::registry::Subscriptions;
 use herald_core::retry::RetrySchedule;
@@ -31,7 +31,7 @@ use crate::run::SenderError;
 pub(crate) struct Shared {
     pub subscriptions: Subscriptions,
     pub client: WebhookClient,
-    pub producer: FutureProducer,
+    pub producer: herald_core::kafka::Producer,
     pub dlq_topic: String,
     /// The attempts topic, or `None` when the attempt log is off.
     pub attempts_topic: Option<String>,

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
@@ -53,7 +53,7 @@ struct Forwarded {
 /// Runs the forwarder until `shutdown` resolves.
 pub(crate) async fn run_forwarder(
     consumer: &StreamConsumer<GenerationContext>,
-    producer: &FutureProducer,
+    producer: &herald_core::kafka::Producer,
     deliveries_topic: &str,
     shutdown: impl Future<Output = ()>,
     shutdown_timeout: Duration,
@@ -75,7 +75,9 @@ pub(crate) async fn run_forwarder(
                 let message = match received {
                     Ok(message) => message,
                     Err(error) => {
-                        tracing::warn!(stage = "forwarder", %error, "consumer error, continuing");
+                        if let Some(repeats) = herald_core::kafka::error_log().due(&format!("forwarder: {error}")) {
+                            tracing::warn!(stage = "forwarder", %error, repeats, "consumer error, continuing (logged at most every 30 s)");
+                        }
                         continue;
                     }
                 };
@@ -149,7 +151,7 @@ fn next_wake(holds: &HashMap<TopicPartition, PartitionHold>) -> Duration {
 fn forward_due(
     consumer: &StreamConsumer<GenerationContext>,
     context: &GenerationContext,
-    producer: &FutureProducer,
+    producer: &herald_core::kafka::Producer,
     deliveries_topic: &str,
     holds: &mut HashMap<TopicPartition, PartitionHold>,
     forwarded_sender: &mpsc::UnboundedSender<Forwarded>,
@@ -196,7 +198,7 @@ fn forward_due(
 }
 
 fn enqueue(
-    producer: &FutureProducer,
+    producer: &herald_core::kafka::Producer,
     topic: &str,
     held: &Held,
 ) -> Result<DeliveryFuture, SenderError> {

@@ -126,10 +126,17 @@ pub fn attempt(
     if request_made {
         let mut http = vec![KeyValue::new("http.request.method", "POST")];
         match result {
-            Ok(response) => http.push(KeyValue::new(
-                "http.response.status_code",
-                i64::from(response.status.as_u16()),
-            )),
+            Ok(response) => {
+                let status = response.status.as_u16();
+                http.push(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(status),
+                ));
+                // As the HTTP conventions ask: a client's error.type is the status code from 400.
+                if status >= 400 {
+                    http.push(KeyValue::new("error.type", status.to_string()));
+                }
+            }
             Err(error) => http.push(KeyValue::new("error.type", error.class())),
         }
         instruments.http_duration.record(took.as_secs_f64(), &http);

@@ -40,7 +40,7 @@ pub struct ApiState {
     pub config: HeraldConfig,
     pub keys: KeyRing,
     pub subscriptions: Subscriptions,
-    pub producer: rdkafka::producer::FutureProducer,
+    pub producer: herald_core::kafka::Producer,
     /// SHA-256 digests of the tokens, so that comparing them takes the same time for any guess.
     tokens: Vec<(AdminRole, digest::Digest)>,
     /// One change at a time from this process, so that a read-modify-write starts from the last one.
@@ -52,7 +52,7 @@ impl ApiState {
         config: HeraldConfig,
         keys: KeyRing,
         subscriptions: Subscriptions,
-        producer: rdkafka::producer::FutureProducer,
+        producer: herald_core::kafka::Producer,
         tokens: Vec<(AdminRole, String)>,
     ) -> Self {
         let tokens = tokens
@@ -151,6 +151,7 @@ pub fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Operation {
     Health,
+    Ready,
     OpenApi,
     ListSubscriptions,
     CreateSubscription,
@@ -169,7 +170,7 @@ impl Operation {
     /// Returns the role an operation needs, or `None` when it needs no token.
     fn role(self) -> Option<AdminRole> {
         match self {
-            Self::Health | Self::OpenApi => None,
+            Self::Health | Self::Ready | Self::OpenApi => None,
             Self::ListSubscriptions | Self::GetSubscription | Self::ListDeadLetters => {
                 Some(AdminRole::Read)
             }
@@ -184,7 +185,8 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<(Operation, Option<&'a st
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let (allowed, operation, id): (&[Method], Option<Operation>, Option<&str>) =
         match segments.as_slice() {
-            ["healthz"] | ["readyz"] => (&[Method::GET], get(method, Operation::Health), None),
+            ["healthz"] => (&[Method::GET], get(method, Operation::Health), None),
+            ["readyz"] => (&[Method::GET], get(method, Operation::Ready), None),
             ["v1", "openapi.json"] => (&[Method::GET], get(method, Operation::OpenApi), None),
             ["v1", "subscriptions"] => (
                 &[Method::GET, Method::POST],
@@ -281,6 +283,55 @@ pub async fn serve(
     }
 }
 
+/// Returns the route of `path` with the subscription id left out, a bounded attribute value.
+fn route_of(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    match segments.as_slice() {
+        ["healthz"] => "/healthz",
+        ["readyz"] => "/readyz",
+        ["v1", "openapi.json"] => "/v1/openapi.json",
+        ["v1", "subscriptions"] => "/v1/subscriptions",
+        ["v1", "subscriptions", _] => "/v1/subscriptions/{id}",
+        ["v1", "subscriptions", _, "enable"] => "/v1/subscriptions/{id}/enable",
+        ["v1", "subscriptions", _, "disable"] => "/v1/subscriptions/{id}/disable",
+        ["v1", "subscriptions", _, "rotate-secret"] => "/v1/subscriptions/{id}/rotate-secret",
+        ["v1", "subscriptions", _, "test"] => "/v1/subscriptions/{id}/test",
+        ["v1", "dead-letters"] => "/v1/dead-letters",
+        ["v1", "dead-letters", "redrive"] => "/v1/dead-letters/redrive",
+        _ => "other",
+    }
+}
+
+/// Records one request in `http.server.request.duration`, as the HTTP conventions name it.
+fn record_request(method: &Method, path: &str, status: u16, took: std::time::Duration) {
+    static DURATION: std::sync::LazyLock<opentelemetry::metrics::Histogram<f64>> =
+        std::sync::LazyLock::new(|| {
+            opentelemetry::global::meter(herald_core::telemetry::METER)
+                .f64_histogram("http.server.request.duration")
+                .with_unit("s")
+                .with_description("Admin API requests, by method, route and status")
+                .build()
+        });
+    let method = match *method {
+        Method::GET | Method::POST | Method::PATCH | Method::DELETE | Method::PUT => {
+            method.as_str().to_owned()
+        }
+        _ => "_OTHER".to_owned(),
+    };
+    let mut attributes = vec![
+        opentelemetry::KeyValue::new("http.request.method", method),
+        opentelemetry::KeyValue::new("http.route", route_of(path)),
+        opentelemetry::KeyValue::new("http.response.status_code", i64::from(status)),
+    ];
+    if status >= 500 {
+        attributes.push(opentelemetry::KeyValue::new(
+            "error.type",
+            status.to_string(),
+        ));
+    }
+    DURATION.record(took.as_secs_f64(), &attributes);
+}
+
 /// Handles one request and logs it: method, path, status, the caller's token and the time taken.
 async fn handle(
     state: &ApiState,
@@ -296,6 +347,7 @@ async fn handle(
         Err(error) => error.response(),
     };
     let status = response.status().as_u16();
+    record_request(&method, &path, status, started.elapsed());
     let caller = match caller {
         Some((AdminRole::Admin, position)) => format!("admin.tokens[{position}] (admin)"),
         Some((AdminRole::Read, position)) => format!("admin.tokens[{position}] (read)"),
@@ -371,6 +423,15 @@ async fn dispatch(
     let body = read_body(request, state.config.admin.max_body_bytes).await?;
     match operation {
         Operation::Health => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        // The API serves only once the subscriptions topic is read; after that it is ready
+        // while a Kafka broker is reachable.
+        Operation::Ready if herald_core::telemetry::is_ready() => {
+            Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
+        }
+        Operation::Ready => Ok(json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "not ready"}),
+        )),
         Operation::OpenApi => {
             let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
             response
@@ -463,6 +524,20 @@ fn percent_decode(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn routes_leave_subscription_ids_out() {
+        assert_eq!(
+            super::route_of("/v1/subscriptions/ledger-7"),
+            "/v1/subscriptions/{id}"
+        );
+        assert_eq!(
+            super::route_of("/v1/subscriptions/ledger-7/rotate-secret"),
+            "/v1/subscriptions/{id}/rotate-secret"
+        );
+        assert_eq!(super::route_of("/v1/subscriptions/"), "/v1/subscriptions");
+        assert_eq!(super::route_of("/v1/anything/else"), "other");
+    }
+
     use super::*;
 
     #[test]
