@@ -17,6 +17,12 @@
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- if and (not $kafka.sasl.enabled) (or $kafka.sasl.username $kafka.sasl.usernameKey $kafka.sasl.existingSecret) -}}
+{{- fail "kafka.sasl.username, usernameKey or existingSecret is set, but kafka.sasl.enabled is false" -}}
+{{- end -}}
+{{- if and .Values.sender.autoscaling.enabled (not (kindIs "invalid" .Values.sender.replicas)) -}}
+{{- fail (printf "sender.replicas is %v, but sender.autoscaling.enabled is true, which sets the replica count: set sender.autoscaling.minReplicas and maxReplicas instead, or set sender.autoscaling.enabled=false" .Values.sender.replicas) -}}
+{{- end -}}
 {{- if and .Values.sender.autoscaling.keda.enabled (not .Values.sender.autoscaling.enabled) -}}
 {{- fail "sender.autoscaling.keda.enabled needs sender.autoscaling.enabled: KEDA takes minReplicas, maxReplicas and the CPU target from there" -}}
 {{- end -}}

@@ -22,7 +22,7 @@ metadata:
     {{- include "herald.componentLabels" . | nindent 4 }}
 spec:
   {{- if not .autoscaled }}
-  replicas: {{ $values.replicas }}
+  replicas: {{ if kindIs "invalid" $values.replicas }}2{{ else }}{{ $values.replicas }}{{ end }}
   {{- end }}
   revisionHistoryLimit: 5
   selector:

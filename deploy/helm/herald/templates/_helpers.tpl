@@ -242,13 +242,13 @@ topologySpreadConstraints:
 {{- end -}}
 
 {{/*
-Fails unless the pod's grace period leaves 5 s beyond Herald's own shutdown timeout for committing
-offsets, closing the consumers and flushing telemetry. Kubernetes sends SIGKILL when the grace
-period ends. Call with (dict "component" "sender" "grace" SECONDS "timeoutMs" MILLISECONDS).
+Fails unless the pod's grace period leaves 10 s beyond Herald's own shutdown timeout: Herald may
+take 5 s more to close its Kafka clients and flush telemetry before it exits by itself, and 5 s
+are a margin. Kubernetes sends SIGKILL when the grace period ends. Call with (dict "component" "sender" "grace" SECONDS "timeoutMs" MILLISECONDS).
 */}}
 {{- define "herald.checkGracePeriod" -}}
-{{- $needed := add (div (add (int64 .timeoutMs) 999) 1000) 5 -}}
+{{- $needed := add (div (add (int64 .timeoutMs) 999) 1000) 10 -}}
 {{- if lt (int64 .grace) $needed -}}
-{{- fail (printf "%s.terminationGracePeriodSeconds is %d, but config.%s.shutdown_timeout_ms is %d: the grace period must be at least %d s (the shutdown timeout plus 5 s to commit offsets and leave), or Kubernetes kills the pod before Herald has stored its progress" .component (int64 .grace) .component (int64 .timeoutMs) $needed) -}}
+{{- fail (printf "%s.terminationGracePeriodSeconds is %d, but config.%s.shutdown_timeout_ms is %d: the grace period must be at least %d s (the shutdown timeout, up to 5 s for closing the Kafka clients, and 5 s of margin), or Kubernetes kills the pod before Herald has stored its progress" .component (int64 .grace) .component (int64 .timeoutMs) $needed) -}}
 {{- end -}}
 {{- end -}}
