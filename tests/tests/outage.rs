@@ -218,3 +218,21 @@ fn startup_error_names_bootstrap_address() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A misspelled librdkafka setting points at the configuration sections that pass them through.
+#[test]
+fn client_setting_error_names_section() -> anyhow::Result<()> {
+    let output = std::process::Command::new(herald_tests::process::workspace_binary("herald")?)
+        .args(["subscriptions", "list"])
+        .env("HERALD__KAFKA__CLIENT__SESSION_TIMOUT_MS", "6000")
+        .env("HERALD__ENCRYPTION__KEYS", KEYS)
+        .output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("session.timout.ms"), "{stderr}");
+    assert!(
+        stderr.contains("check kafka.client, kafka.consumer and kafka.producer"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -113,12 +113,18 @@ fn main() -> ExitCode {
 }
 
 /// Adds the configured bootstrap address to an error that came from Kafka, so that an
-/// unreachable or misnamed cluster is recognised at once.
+/// unreachable or misnamed cluster is recognised at once. An invalid client setting is named
+/// as such instead.
 fn name_the_cluster(error: anyhow::Error, bootstrap_servers: &str) -> anyhow::Error {
-    let from_kafka = error
+    let kafka_error = error
         .chain()
-        .any(|cause| cause.downcast_ref::<rdkafka::error::KafkaError>().is_some());
-    if from_kafka {
+        .find_map(|cause| cause.downcast_ref::<rdkafka::error::KafkaError>());
+    if let Some(rdkafka::error::KafkaError::ClientConfig(..)) = kafka_error {
+        return error.context(
+            "invalid librdkafka setting: check kafka.client, kafka.consumer and kafka.producer",
+        );
+    }
+    if kafka_error.is_some() {
         error.context(format!(
             "Kafka at kafka.bootstrap_servers = {bootstrap_servers}"
         ))
