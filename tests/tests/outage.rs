@@ -4,6 +4,7 @@
 //! become ready again and deliver. With the broker down, SIGTERM still stops them within their
 //! shutdown timeout.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use herald_tests::api::AdminApi;
@@ -90,6 +91,8 @@ async fn services_report_a_kafka_outage_and_recover() -> anyhow::Result<()> {
         ("HERALD__TELEMETRY__LISTEN", "127.0.0.1:0"),
         ("HERALD__ROUTER__SHUTDOWN_TIMEOUT_MS", "2000"),
         ("HERALD__SENDER__SHUTDOWN_TIMEOUT_MS", "2000"),
+        // Applies to the admin API; the stages wait for Kafka however long it is away.
+        ("HERALD__KAFKA__PRODUCE_TIMEOUT_MS", "2000"),
     ];
     let api = AdminApi::start(&scenario, &environment[..3]).await?;
     let created = api
@@ -143,6 +146,19 @@ async fn services_report_a_kafka_outage_and_recover() -> anyhow::Result<()> {
     addresses.push(admin_telemetry.clone());
     wait_readiness(&addresses, 200, "ready before the outage").await?;
 
+    // Two deliveries are in flight, held by a slow endpoint, when the broker stops.
+    let counts = ledger.receiver.counts();
+    ledger.receiver.delay_responses(Duration::from_secs(3));
+    publish_to(
+        &bootstrap,
+        &scenario.topics.domain,
+        &synthetic_payments("pre", 2),
+    )
+    .await?;
+    wait::until("the endpoint holds a request", TIMEOUT, || {
+        counts.in_progress.load(Ordering::Acquire) >= 1
+    })
+    .await?;
     broker.stop()?;
     wait_readiness(&addresses, 503, "not ready while Kafka is down").await?;
     for address in &addresses {
@@ -152,6 +168,16 @@ async fn services_report_a_kafka_outage_and_recover() -> anyhow::Result<()> {
             "alive during the outage"
         );
     }
+    wait::until("the endpoint answered both", TIMEOUT, || {
+        counts.in_progress.load(Ordering::Acquire) == 0 && ledger.verified() >= 2
+    })
+    .await?;
+    ledger.receiver.delay_responses(Duration::ZERO);
+    // The outcomes of those attempts now wait for Kafka. Waiting past twice the produce timeout
+    // shows that they do not time out and stop the sender, as a produce of the admin API would.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    router.check_running()?;
+    sender.check_running()?;
 
     broker.resume()?;
     wait_readiness(&addresses, 200, "ready again once Kafka is back").await?;
@@ -162,9 +188,27 @@ async fn services_report_a_kafka_outage_and_recover() -> anyhow::Result<()> {
     )
     .await?;
     wait::until("events published after the outage arrive", TIMEOUT, || {
-        ledger.verified() >= 3
+        ledger.verified() >= 5
     })
     .await?;
+    // Every attempt's outcome reached Kafka, those held through the outage included.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let (_, metrics) = get(&addresses[1], "/metrics").await?;
+        let delivered = herald_tests::http::sample_sum(
+            &metrics,
+            "herald_sender_attempts_total",
+            &[("outcome", "delivered")],
+        );
+        if delivered >= 5.0 {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the sender counted {delivered} delivered attempts, not 5:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     broker.stop()?;
     wait_readiness(&addresses, 503, "not ready in the second outage").await?;

@@ -84,6 +84,10 @@ pub fn subscribed_consumer(
 
 /// Settings of an idempotent producer whose produce fails for good after `produce_timeout_ms`.
 pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    producer_settings(kafka, &kafka.produce_timeout_ms.to_string())
+}
+
+fn producer_settings(kafka: &KafkaConfig, message_timeout_ms: &str) -> ClientConfig {
     let mut config = base(kafka);
     config
         .set("enable.idempotence", "true")
@@ -91,10 +95,18 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("linger.ms", PRODUCER_LINGER_MS)
         .set("compression.type", "lz4")
         .set("queue.buffering.max.kbytes", PRODUCER_BUFFER_KILOBYTES)
-        .set("message.timeout.ms", kafka.produce_timeout_ms.to_string())
+        .set("message.timeout.ms", message_timeout_ms)
         // Statistics feed readiness, broker round trips and the producer queue gauge.
         .set("statistics.interval.ms", STATISTICS_MS);
     with_overrides(config, kafka, &kafka.producer)
+}
+
+/// Settings of the producer of a pipeline stage (router, sender, forwarder): a produce never
+/// times out (librdkafka's `message.timeout.ms = 0`), so a stage waits out a Kafka outage with
+/// its work in flight instead of stopping. Its in-flight limits and the producer's buffer bound
+/// the records waiting meanwhile. Permanent errors, such as a deleted topic, still fail.
+pub fn stage_producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    producer_settings(kafka, "0")
 }
 
 /// Returns the partition ids of `topic`, none when it does not exist. A topic created moments
@@ -154,9 +166,16 @@ pub fn admin_config(kafka: &KafkaConfig) -> ClientConfig {
 /// The producer of every service, whose librdkafka reports go through [`HealthContext`].
 pub type Producer = FutureProducer<HealthContext>;
 
-/// Creates the producer every service uses.
+/// Creates a producer whose produce fails after `kafka.produce_timeout_ms`, for the admin API
+/// and the commands, which report the failure to their caller.
 pub fn producer(kafka: &KafkaConfig) -> rdkafka::error::KafkaResult<Producer> {
     producer_config(kafka).create_with_context(HealthContext::new("producer"))
+}
+
+/// Creates the producer of a pipeline stage, which waits for Kafka (see
+/// [`stage_producer_config`]).
+pub fn stage_producer(kafka: &KafkaConfig) -> rdkafka::error::KafkaResult<Producer> {
+    stage_producer_config(kafka).create_with_context(HealthContext::new("producer"))
 }
 
 /// The time each error was last logged. During a Kafka outage the clients report the same error
@@ -395,6 +414,9 @@ impl ConsumerContext for GenerationContext {
         if let Rebalance::Revoke(partitions) = rebalance {
             let lost = consumer.assignment_lost();
             tracing::info!(group_id = %self.group_id, partitions = partitions.count(), lost, "partitions revoked");
+            if lost {
+                crate::telemetry::mark_assignment_lost();
+            }
             for element in partitions.elements() {
                 crate::telemetry::forget_lag(&self.group_id, element.topic(), element.partition());
             }

@@ -92,14 +92,25 @@ pub fn mark_started() {
     STARTED.store(true, Ordering::Release);
 }
 
-/// Records that every Kafka broker is down: the process is not ready until one is up again.
-pub fn mark_kafka_down() {
-    KAFKA_DOWN.store(true, Ordering::Release);
+/// Marks the process not started again because a consumer lost its partitions, as when its
+/// session timed out during a Kafka outage. The next assignment marks it started.
+pub fn mark_assignment_lost() {
+    STARTED.store(false, Ordering::Release);
 }
 
-/// Records that a Kafka broker is up again.
+/// Records that every Kafka broker is down: the process is not ready until one is up again.
+/// Logs the change once.
+pub fn mark_kafka_down() {
+    if !KAFKA_DOWN.swap(true, Ordering::AcqRel) {
+        tracing::warn!("every Kafka broker is unreachable: not ready until one is reachable again");
+    }
+}
+
+/// Records that a Kafka broker is up again, and logs the change once.
 pub fn mark_kafka_up() {
-    KAFKA_DOWN.store(false, Ordering::Release);
+    if KAFKA_DOWN.swap(false, Ordering::AcqRel) {
+        tracing::info!("Kafka is reachable again");
+    }
 }
 
 /// Returns whether the process is ready: started, and Kafka not down.

@@ -69,7 +69,7 @@ pub async fn run(
             topics: topics.join(","),
             source,
         })?;
-    let producer = kafka::producer(&config.kafka).map_err(RouterError::Producer)?;
+    let producer = kafka::stage_producer(&config.kafka).map_err(RouterError::Producer)?;
 
     crate::metrics::register();
     tracing::info!(
@@ -88,7 +88,6 @@ pub async fn run(
     let deliveries_topic = config.topics.deliveries.clone();
     let rejected_topic = config.topics.rejected.clone();
     let max_event_bytes = config.router.max_event_bytes;
-    let produce_timeout = Duration::from_millis(config.kafka.produce_timeout_ms);
     let group_id = config.router.group_id.clone();
 
     let result = run_stage(&consumer, &settings, shutdown, |message| {
@@ -115,7 +114,6 @@ pub async fn run(
             message,
             routed,
             (&deliveries_topic, &rejected_topic),
-            produce_timeout,
         );
         drop(entered);
         async move {
@@ -196,7 +194,6 @@ fn enqueue_routed(
     message: &BorrowedMessage<'_>,
     routed: Vec<RoutedRecord>,
     (deliveries_topic, rejected_topic): (&str, &str),
-    produce_timeout: Duration,
 ) -> Result<Vec<Pending>, RouterError> {
     let mut pending = Vec::with_capacity(routed.len());
     for record in routed {
@@ -214,10 +211,7 @@ fn enqueue_routed(
                     Some(payload) => record.payload(payload),
                     None => record,
                 };
-                (
-                    deliveries_topic,
-                    enqueue(producer, record, produce_timeout)?,
-                )
+                (deliveries_topic, enqueue(producer, record)?)
             }
             RoutedRecord::Rejected {
                 reason,
@@ -240,7 +234,7 @@ fn enqueue_routed(
                 if keep_value && let Some(payload) = message.payload() {
                     record = record.payload(payload);
                 }
-                (rejected_topic, enqueue(producer, record, produce_timeout)?)
+                (rejected_topic, enqueue(producer, record)?)
             }
         };
         pending.push((topic.to_owned(), future));
@@ -249,23 +243,20 @@ fn enqueue_routed(
 }
 
 /// Offers a record to the producer queue. A full queue drains on librdkafka's own threads, so a
-/// short blocking wait is enough; the wait is bounded by the produce timeout.
+/// short blocking wait is enough. During a Kafka outage the queue stays full, and the router waits
+/// with it until Kafka is back.
 fn enqueue<K, P>(
     producer: &herald_core::kafka::Producer,
     mut record: FutureRecord<'_, K, P>,
-    timeout: Duration,
 ) -> Result<DeliveryFuture, RouterError>
 where
     K: rdkafka::message::ToBytes + ?Sized,
     P: rdkafka::message::ToBytes + ?Sized,
 {
-    let deadline = std::time::Instant::now() + timeout;
     loop {
         match producer.send_result(record) {
             Ok(future) => return Ok(future),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
-                if std::time::Instant::now() < deadline =>
-            {
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                 record = returned;
                 std::thread::sleep(QUEUE_FULL_BACKOFF);
             }

@@ -38,7 +38,6 @@ pub(crate) struct Shared {
     pub schedule: RetrySchedule,
     pub jitter_percent: u32,
     pub max_retry_after: Duration,
-    pub produce_timeout: Duration,
     /// Subscriptions disabled by a 410 Gone since this process started.
     pub disabled: Mutex<HashSet<String>>,
     pub jitter_hasher: std::collections::hash_map::RandomState,
@@ -536,7 +535,12 @@ impl Shared {
         if let Some(key) = key {
             record = record.key(key);
         }
-        match self.producer.send(record, self.produce_timeout).await {
+        // A stage producer never times out: during a Kafka outage this waits until Kafka is back.
+        match self
+            .producer
+            .send(record, rdkafka::util::Timeout::Never)
+            .await
+        {
             Ok(_) => Ok(()),
             Err((source, _)) => Err(SenderError::Produce {
                 topic: topic.to_owned(),

@@ -13,8 +13,10 @@ use std::time::{Duration, SystemTime};
 
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
@@ -27,6 +29,8 @@ use crate::run::SenderError;
 
 /// The maximum time the loop waits without polling Kafka.
 const MAX_IDLE: Duration = Duration::from_secs(1);
+/// How long due records wait before the next try when the producer's queue is full.
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(50);
 
 struct Held {
     offset: i64,
@@ -62,10 +66,16 @@ pub(crate) async fn run_forwarder(
     let (forwarded_sender, mut forwarded_receiver) = mpsc::unbounded_channel::<Forwarded>();
     let mut tracker = OffsetTracker::default();
     let mut holds: HashMap<TopicPartition, PartitionHold> = HashMap::new();
+    let mut queue_full = false;
     tokio::pin!(shutdown);
 
     loop {
-        let wake_at = next_wake(&holds);
+        // With the producer's queue full (a Kafka outage), due records wait a moment and retry.
+        let wake_at = if queue_full {
+            next_wake(&holds).max(QUEUE_FULL_BACKOFF)
+        } else {
+            next_wake(&holds)
+        };
         tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -98,7 +108,7 @@ pub(crate) async fn run_forwarder(
                 });
             }
         }
-        forward_due(
+        queue_full = forward_due(
             consumer,
             &context,
             producer,
@@ -148,6 +158,7 @@ fn next_wake(holds: &HashMap<TopicPartition, PartitionHold>) -> Duration {
 }
 
 /// Sends every due head record, in offset order, and pauses or resumes partitions to match.
+/// Returns true when the producer's queue was full, so that due records are left for later.
 fn forward_due(
     consumer: &StreamConsumer<GenerationContext>,
     context: &GenerationContext,
@@ -155,18 +166,23 @@ fn forward_due(
     deliveries_topic: &str,
     holds: &mut HashMap<TopicPartition, PartitionHold>,
     forwarded_sender: &mpsc::UnboundedSender<Forwarded>,
-) -> Result<(), SenderError> {
+) -> Result<bool, SenderError> {
     let now = SystemTime::now();
+    let mut queue_full = false;
     for (partition, hold) in holds.iter_mut() {
         // Records held under an earlier assignment belong to the partition's new owner now.
         let generation = context.generation(&partition.0, partition.1);
         hold.records.retain(|held| held.generation == generation);
 
-        while hold.records.front().is_some_and(|head| head.due_at <= now) {
+        while !queue_full && hold.records.front().is_some_and(|head| head.due_at <= now) {
             let Some(held) = hold.records.pop_front() else {
                 break;
             };
-            let future = enqueue(producer, deliveries_topic, &held)?;
+            let Some(future) = enqueue(producer, deliveries_topic, &held)? else {
+                hold.records.push_front(held);
+                queue_full = true;
+                break;
+            };
             let forwarded_sender = forwarded_sender.clone();
             let partition = partition.clone();
             tokio::spawn(async move {
@@ -194,14 +210,15 @@ fn forward_due(
         }
     }
     holds.retain(|_, hold| hold.paused || !hold.records.is_empty());
-    Ok(())
+    Ok(queue_full)
 }
 
+/// Offers a held record to the producer; returns `None` when the producer's queue is full.
 fn enqueue(
     producer: &herald_core::kafka::Producer,
     topic: &str,
     held: &Held,
-) -> Result<DeliveryFuture, SenderError> {
+) -> Result<Option<DeliveryFuture>, SenderError> {
     let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
     if let Some(key) = &held.key {
         record = record.key(key);
@@ -212,12 +229,14 @@ fn enqueue(
     if let Some(headers) = &held.headers {
         record = record.headers(headers.clone());
     }
-    producer
-        .send_result(record)
-        .map_err(|(source, _)| SenderError::Produce {
+    match producer.send_result(record) {
+        Ok(future) => Ok(Some(future)),
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Ok(None),
+        Err((source, _)) => Err(SenderError::Produce {
             topic: topic.to_owned(),
             source,
-        })
+        }),
+    }
 }
 
 fn set_paused(

@@ -87,7 +87,7 @@ pub async fn run(
         &[&config.topics.deliveries],
     )?;
     let forwarder_consumer = consumer(config, &config.retry.forwarder_group_id, &tier_topics)?;
-    let producer = kafka::producer(&config.kafka).map_err(SenderError::Producer)?;
+    let producer = kafka::stage_producer(&config.kafka).map_err(SenderError::Producer)?;
 
     crate::metrics::register();
     let shared = Arc::new(Shared {
@@ -102,7 +102,6 @@ pub async fn run(
         schedule,
         jitter_percent: config.retry.jitter_percent,
         max_retry_after: Duration::from_secs(config.retry.max_retry_after_s),
-        produce_timeout: Duration::from_millis(config.kafka.produce_timeout_ms),
         disabled: Mutex::new(HashSet::new()),
         jitter_hasher: std::collections::hash_map::RandomState::new(),
         limits: Limits::new(&config.sender),
