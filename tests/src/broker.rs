@@ -80,8 +80,23 @@ impl Drop for OwnBroker {
     }
 }
 
-/// Returns a port that nothing listens on at the moment of asking.
+/// Returns a port that nothing listens on at the moment of asking, below Linux's usual range for
+/// outgoing connections (32768 and up), so that no client connection takes it while the broker
+/// is down.
 fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    const FIRST: u16 = 20_000;
+    const COUNT: u16 = 12_000;
+    // A different starting point per process and call keeps parallel test runs apart.
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let calls = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let start = (std::process::id() as u16)
+        .wrapping_mul(37)
+        .wrapping_add(calls.wrapping_mul(101));
+    for step in 0..COUNT {
+        let port = FIRST + (start.wrapping_add(step) % COUNT);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port between {FIRST} and {}", FIRST + COUNT)
 }
