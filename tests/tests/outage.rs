@@ -25,10 +25,10 @@ const KAFKA_ERRORS: [&str; 3] = [
     "consumer error",
     "reading the subscriptions topic failed",
 ];
-/// The maximum number of such warnings and errors one process may write during this test's outages, which
-/// last about half a minute in all: each distinct error of each Kafka client (up to four in a
-/// process) at most every 30 s. About 20 were seen; without the limit, every reconnection of
-/// every client logs three lines, over a hundred in all.
+/// The maximum number of such warnings and errors one process may write during this test's
+/// outages, which last about half a minute in all. Each distinct error of each Kafka client (up
+/// to four in a process) is logged at most every 30 s, and about 20 lines were seen. Without the
+/// limit, every reconnection of every client logs three lines, over a hundred in all.
 const MAX_ERROR_LINES: usize = 40;
 
 /// Returns the `/readyz` status of each address.
@@ -91,7 +91,7 @@ async fn services_report_a_kafka_outage_and_recover() -> anyhow::Result<()> {
         ("HERALD__TELEMETRY__LISTEN", "127.0.0.1:0"),
         ("HERALD__ROUTER__SHUTDOWN_TIMEOUT_MS", "2000"),
         ("HERALD__SENDER__SHUTDOWN_TIMEOUT_MS", "2000"),
-        // Applies to the admin API; the stages wait for Kafka however long it is away.
+        // The stages produce a record again after each timeout, however long Kafka is away.
         ("HERALD__KAFKA__PRODUCE_TIMEOUT_MS", "2000"),
     ];
     let api = AdminApi::start(&scenario, &environment[..3]).await?;
@@ -174,10 +174,15 @@ async fn services_report_a_kafka_outage_and_recover() -> anyhow::Result<()> {
     .await?;
     ledger.receiver.delay_responses(Duration::ZERO);
     // The outcomes of those attempts now wait for Kafka. Waiting past twice the produce timeout
-    // shows that they do not time out and stop the sender, as a produce of the admin API would.
+    // shows that a timed-out produce is tried again instead of stopping the sender.
     tokio::time::sleep(Duration::from_secs(4)).await;
     router.check_running()?;
     sender.check_running()?;
+    assert!(
+        sender.log_contains("produce timed out: trying again"),
+        "the sender tells the operator that a produce waits for Kafka:\n{}",
+        sender.log_tail()
+    );
 
     broker.resume()?;
     wait_readiness(&addresses, 200, "ready again once Kafka is back").await?;

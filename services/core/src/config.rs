@@ -71,8 +71,8 @@ pub struct HeraldConfig {
 pub struct KafkaConfig {
     /// Comma-separated `host:port` list.
     pub bootstrap_servers: String,
-    /// How long a produce of the admin API or a command may keep retrying before it fails, in
-    /// milliseconds. The router, the sender and the forwarder wait for Kafka without a limit.
+    /// How long a produce may keep retrying before it times out, in milliseconds. The admin API
+    /// and the commands then fail; the pipeline's stages produce the record again.
     pub produce_timeout_ms: u64,
     /// Static group membership: a name that stays the same when this instance restarts, such as
     /// the pod name of a StatefulSet. Every consumer of the process joins its group with it as

@@ -82,12 +82,9 @@ pub fn subscribed_consumer(
     Ok(consumer)
 }
 
-/// Settings of an idempotent producer whose produce fails for good after `produce_timeout_ms`.
+/// Settings of an idempotent producer whose produce of a record times out after
+/// `produce_timeout_ms`. The pipeline's stages then produce it again (see [`produce_again`]).
 pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
-    producer_settings(kafka, &kafka.produce_timeout_ms.to_string())
-}
-
-fn producer_settings(kafka: &KafkaConfig, message_timeout_ms: &str) -> ClientConfig {
     let mut config = base(kafka);
     config
         .set("enable.idempotence", "true")
@@ -95,18 +92,10 @@ fn producer_settings(kafka: &KafkaConfig, message_timeout_ms: &str) -> ClientCon
         .set("linger.ms", PRODUCER_LINGER_MS)
         .set("compression.type", "lz4")
         .set("queue.buffering.max.kbytes", PRODUCER_BUFFER_KILOBYTES)
-        .set("message.timeout.ms", message_timeout_ms)
+        .set("message.timeout.ms", kafka.produce_timeout_ms.to_string())
         // Statistics feed readiness, broker round trips and the producer queue gauge.
         .set("statistics.interval.ms", STATISTICS_MS);
     with_overrides(config, kafka, &kafka.producer)
-}
-
-/// Settings of the producer of a pipeline stage (router, sender, forwarder): a produce never
-/// times out (librdkafka's `message.timeout.ms = 0`), so a stage waits out a Kafka outage with
-/// its work in flight instead of stopping. Its in-flight limits and the producer's buffer bound
-/// the records waiting meanwhile. Permanent errors, such as a deleted topic, still fail.
-pub fn stage_producer_config(kafka: &KafkaConfig) -> ClientConfig {
-    producer_settings(kafka, "0")
 }
 
 /// Returns the partition ids of `topic`, none when it does not exist. A topic created moments
@@ -166,16 +155,61 @@ pub fn admin_config(kafka: &KafkaConfig) -> ClientConfig {
 /// The producer of every service, whose librdkafka reports go through [`HealthContext`].
 pub type Producer = FutureProducer<HealthContext>;
 
-/// Creates a producer whose produce fails after `kafka.produce_timeout_ms`, for the admin API
-/// and the commands, which report the failure to their caller.
+/// Creates the producer every service uses.
 pub fn producer(kafka: &KafkaConfig) -> rdkafka::error::KafkaResult<Producer> {
     producer_config(kafka).create_with_context(HealthContext::new("producer"))
 }
 
-/// Creates the producer of a pipeline stage, which waits for Kafka (see
-/// [`stage_producer_config`]).
-pub fn stage_producer(kafka: &KafkaConfig) -> rdkafka::error::KafkaResult<Producer> {
-    stage_producer_config(kafka).create_with_context(HealthContext::new("producer"))
+/// Returns whether a failed produce can succeed when tried again: it timed out, as every produce
+/// does while Kafka is unreachable for longer than `kafka.produce_timeout_ms`.
+pub fn can_produce_again(error: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            rdkafka::types::RDKafkaErrorCode::MessageTimedOut
+                | rdkafka::types::RDKafkaErrorCode::QueueFull
+        )
+    )
+}
+
+/// Produces a record that timed out again, and again, until Kafka stores it or fails it for
+/// good, such as for a deleted topic. The pipeline's stages call it so that an outage stalls the
+/// record's partition instead of losing the record or stopping the service. Each timeout is
+/// logged, at most every [`ERROR_LOG_INTERVAL`].
+pub async fn produce_again(
+    producer: &Producer,
+    mut message: rdkafka::message::OwnedMessage,
+    mut error: rdkafka::error::KafkaError,
+) -> Result<(), rdkafka::error::KafkaError> {
+    use rdkafka::Message;
+
+    while can_produce_again(&error) {
+        if let Some(repeats) = error_log().due(&format!("produce again: {}", message.topic())) {
+            tracing::warn!(topic = message.topic(), %error, repeats, "produce timed out: trying again until Kafka stores the record (logged at most every 30 s)");
+        }
+        let mut record: rdkafka::producer::FutureRecord<'_, [u8], [u8]> =
+            rdkafka::producer::FutureRecord::to(message.topic()).partition(message.partition());
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        if let Some(headers) = message.headers() {
+            record = record.headers(headers.clone());
+        }
+        if let Some(millis) = message.timestamp().to_millis() {
+            record = record.timestamp(millis);
+        }
+        match producer.send(record, rdkafka::util::Timeout::Never).await {
+            Ok(_) => return Ok(()),
+            Err((next_error, returned)) => {
+                error = next_error;
+                message = returned;
+            }
+        }
+    }
+    Err(error)
 }
 
 /// The time each error was last logged. During a Kafka outage the clients report the same error

@@ -69,7 +69,7 @@ pub async fn run(
             topics: topics.join(","),
             source,
         })?;
-    let producer = kafka::stage_producer(&config.kafka).map_err(RouterError::Producer)?;
+    let producer = kafka::producer(&config.kafka).map_err(RouterError::Producer)?;
 
     crate::metrics::register();
     tracing::info!(
@@ -116,8 +116,9 @@ pub async fn run(
             (&deliveries_topic, &rejected_topic),
         );
         drop(entered);
+        let producer = producer.clone();
         async move {
-            let result = await_acknowledgements(acknowledgements).await;
+            let result = await_acknowledgements(&producer, acknowledgements).await;
             if let Err(error) = &result {
                 context.span().set_status(Status::error(error.to_string()));
             }
@@ -270,13 +271,21 @@ where
     }
 }
 
+/// Waits until Kafka has stored every record of an event. A record whose produce timed out, as
+/// during an outage, is produced again until it is stored.
 async fn await_acknowledgements(
+    producer: &herald_core::kafka::Producer,
     pending: Result<Vec<Pending>, RouterError>,
 ) -> Result<(), RouterError> {
     for (topic, future) in pending? {
         match future.await {
             Ok(Ok(_)) => {}
-            Ok(Err((source, _))) => return Err(RouterError::Produce { topic, source }),
+            Ok(Err((source, message))) => kafka::produce_again(producer, message, source)
+                .await
+                .map_err(|source| RouterError::Produce {
+                    topic: topic.clone(),
+                    source,
+                })?,
             Err(_) => return Err(RouterError::ProduceCanceled),
         }
     }

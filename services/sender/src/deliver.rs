@@ -535,17 +535,20 @@ impl Shared {
         if let Some(key) = key {
             record = record.key(key);
         }
-        // A stage producer never times out: during a Kafka outage this waits until Kafka is back.
-        match self
+        // A produce that timed out, as during a Kafka outage, is tried again until Kafka stores it.
+        let result = match self
             .producer
             .send(record, rdkafka::util::Timeout::Never)
             .await
         {
             Ok(_) => Ok(()),
-            Err((source, _)) => Err(SenderError::Produce {
-                topic: topic.to_owned(),
-                source,
-            }),
-        }
+            Err((source, message)) => {
+                herald_core::kafka::produce_again(&self.producer, message, source).await
+            }
+        };
+        result.map_err(|source| SenderError::Produce {
+            topic: topic.to_owned(),
+            source,
+        })
     }
 }

@@ -185,13 +185,19 @@ fn forward_due(
             };
             let forwarded_sender = forwarded_sender.clone();
             let partition = partition.clone();
+            let producer = producer.clone();
             tokio::spawn(async move {
                 let result = match future.await {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err((source, _))) => Err(SenderError::Produce {
-                        topic: "deliveries".to_owned(),
-                        source,
-                    }),
+                    // A produce that timed out, as during an outage, is tried again until stored.
+                    Ok(Err((source, message))) => {
+                        herald_core::kafka::produce_again(&producer, message, source)
+                            .await
+                            .map_err(|source| SenderError::Produce {
+                                topic: "deliveries".to_owned(),
+                                source,
+                            })
+                    }
                     Err(_) => Err(SenderError::ProduceCanceled),
                 };
                 let _ = forwarded_sender.send(Forwarded {

@@ -87,7 +87,7 @@ pub async fn run(
         &[&config.topics.deliveries],
     )?;
     let forwarder_consumer = consumer(config, &config.retry.forwarder_group_id, &tier_topics)?;
-    let producer = kafka::stage_producer(&config.kafka).map_err(SenderError::Producer)?;
+    let producer = kafka::producer(&config.kafka).map_err(SenderError::Producer)?;
 
     crate::metrics::register();
     let shared = Arc::new(Shared {
