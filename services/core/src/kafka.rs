@@ -162,7 +162,7 @@ pub fn producer(kafka: &KafkaConfig) -> rdkafka::error::KafkaResult<Producer> {
 
 /// Returns whether a failed produce can succeed when tried again: it timed out, as every produce
 /// does while Kafka is unreachable for longer than `kafka.produce_timeout_ms`.
-pub fn can_produce_again(error: &rdkafka::error::KafkaError) -> bool {
+fn can_produce_again(error: &rdkafka::error::KafkaError) -> bool {
     matches!(
         error.rdkafka_error_code(),
         Some(
