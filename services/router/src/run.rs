@@ -247,7 +247,7 @@ fn enqueue_routed(
 /// short blocking wait is enough. During a Kafka outage the queue stays full, and the router waits
 /// with it until Kafka is back.
 /// NOTE: the wait blocks the runtime thread that runs the router's loop for as long as the queue
-/// stays full; the other thread keeps serving probes and the shutdown signal.
+/// stays full. The other runtime thread keeps serving probes and the shutdown signal.
 fn enqueue<K, P>(
     producer: &herald_core::kafka::Producer,
     mut record: FutureRecord<'_, K, P>,
